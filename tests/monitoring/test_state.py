@@ -1,0 +1,540 @@
+"""The shared state store: every backend runs the same tests through the ``backend`` fixture.
+
+Tests that start processes use the ``spawn`` start method, so children never inherit a
+parent's connection; their targets live at module level so the children can import them.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import sqlite3
+import stat
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.errors import StateError
+from monitoring import sqlite_state
+from monitoring.sqlite_state import SCHEMA_VERSION, SQLiteState
+from monitoring.state import (
+    DuplicateIdError,
+    NoRollbackTargetError,
+    PredictionRecord,
+    StateStore,
+    Switch,
+    new_ids,
+    open_state,
+)
+
+SPAWN = mp.get_context("spawn")
+
+
+@dataclass
+class Backend:
+    name: str
+    url: str | None
+    home: Path
+
+    def open(self, **options: object) -> StateStore:
+        return open_state(self.url, self.home, **options)
+
+
+@pytest.fixture(params=["sqlite"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    # A Redis backend joins here: params=["sqlite", "redis"], url from a test server.
+    return Backend(request.param, None, tmp_path / "home")
+
+
+@pytest.fixture
+def store(backend: Backend) -> Iterator[StateStore]:
+    s = backend.open()
+    yield s
+    s.close()
+
+
+def make_records(
+    ids: list[str], *, model: str = "m", version: str = "v1", t0: float = 1000.0, seed: int = 0
+) -> list[PredictionRecord]:
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet(np.ones(3), size=len(ids)).astype(np.float32)
+    return [
+        PredictionRecord(
+            id=id_,
+            model=model,
+            version=version,
+            t=t0 + i,
+            label=int(p.argmax()),
+            confidence=float(p.max()),
+            probabilities=tuple(p.tolist()),
+            anomaly_score=float(i),
+            anomalous=i % 2 == 0,
+        )
+        for i, (id_, p) in enumerate(zip(ids, probs, strict=True))
+    ]
+
+
+def record(store: StateStore, n: int, features: int = 4, **kw: object) -> list[PredictionRecord]:
+    records = make_records(store.new_ids(n), **kw)  # type: ignore[arg-type]
+    inputs = np.array([[r.t + j for j in range(features)] for r in records])
+    store.record_predictions(records, inputs)
+    return records
+
+
+# -- child processes ------------------------------------------------------------------------
+
+
+def _child_ids(url: str | None, home: Path, n: int, out: mp.connection.Connection) -> None:
+    store = open_state(url, home)
+    out.send(store.new_ids(n))
+
+
+def _child_record_until_killed(url: str | None, home: Path, out: mp.connection.Connection) -> None:
+    store = open_state(url, home)
+    batch = 0
+    while True:
+        ids = store.new_ids(8)
+        store.record_predictions(make_records(ids, t0=1000.0 + batch), np.ones((8, 16)))
+        out.send(ids)  # "the response was sent"
+        batch += 1
+
+
+def _child_feedback(
+    url: str | None,
+    home: Path,
+    ids: list[str],
+    label: int,
+    barrier: threading.Barrier,
+    out: mp.connection.Connection,
+) -> None:
+    store = open_state(url, home)
+    order = np.random.default_rng(label).permutation(len(ids))
+    barrier.wait()
+    accepted = []
+    for i in order:
+        accepted += store.record_feedback([(ids[i], label)], t=5000.0).accepted
+        time.sleep(0.0002)  # let the other process take SQLite's (unfair) write lock
+    out.send(accepted)
+
+
+def _child_read_only_file(directory: str, out: mp.connection.Connection) -> None:
+    batches = [make_records(new_ids(1)) for _ in range(3)]  # imports done before setuid
+    if os.geteuid() == 0:  # root ignores file modes: act as an unprivileged user
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+        except PermissionError as exc:
+            out.send(["skip", str(exc)])
+            return
+    db = Path(directory) / "state.sqlite3"
+    results = []
+    with SQLiteState(db) as first:
+        first.record_predictions(batches[0])
+    os.chmod(db, 0o444)
+    store = SQLiteState(db)
+    try:
+        store.record_predictions(batches[1])
+        results.append("written while read-only")
+    except StateError as exc:
+        results.append(str(exc))
+    for path in db.parent.glob("state.sqlite3*"):  # SQLite gave -wal/-shm the db's mode
+        os.chmod(path, 0o644)
+    store.record_predictions(batches[2])
+    results.append(str(len(store.prediction_window("m", "v1", 10))))
+    out.send(results)
+
+
+def _run(target: Callable[..., None], *args: object, timeout: float = 20.0) -> Any:
+    receive, send = SPAWN.Pipe(duplex=False)
+    proc = SPAWN.Process(target=target, args=(*args, send))
+    proc.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not receive.poll(0.05):
+            if not proc.is_alive() and not receive.poll(0) or time.monotonic() > deadline:
+                raise AssertionError(f"{target.__name__} sent nothing")
+        return receive.recv()
+    finally:
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.kill()
+
+
+# -- factory --------------------------------------------------------------------------------
+
+
+def test_open_state_selects_backend_and_path(tmp_path: Path) -> None:
+    default = open_state(None, tmp_path)
+    assert isinstance(default, SQLiteState) and default.path == tmp_path / "state.sqlite3"
+    relative = open_state("sqlite://sub/x.db", tmp_path)
+    assert isinstance(relative, SQLiteState) and relative.path == tmp_path / "sub" / "x.db"
+    absolute = open_state(f"sqlite://{tmp_path}/abs.db", Path("/nonexistent"))
+    assert isinstance(absolute, SQLiteState) and absolute.path == tmp_path / "abs.db"
+    assert open_state("sqlite://", tmp_path, input_window=7).options.input_window == 7
+    with pytest.raises(StateError, match="redis backend not available yet"):
+        open_state("redis://localhost:6379/0", tmp_path)
+    with pytest.raises(StateError, match="unsupported scheme"):
+        open_state("ftp://x", tmp_path)
+    with pytest.raises(ValueError, match="unknown state option"):
+        open_state(None, tmp_path, input_windw=3)
+    with pytest.raises(ValueError, match="max_rows"):
+        open_state(None, tmp_path, max_rows=0)
+
+
+# -- ids, records, feedback -----------------------------------------------------------------
+
+
+def test_new_ids_are_time_ordered_uuid7_hex() -> None:
+    early, late = new_ids(500, now=1.0), new_ids(500, now=2.0)
+    assert len(set(early + late)) == 1000
+    assert max(early) < min(late)
+    assert all(len(i) == 32 and i[12] == "7" and i[16] in "89ab" for i in early)
+
+
+def test_ids_unique_across_processes_and_restarts(backend: Backend) -> None:
+    children = [_run(_child_ids, backend.url, backend.home, 3000) for _ in range(2)]
+    first = backend.open()
+    mine = first.new_ids(3000)
+    first.close()
+    again = backend.open().new_ids(3000)  # a "restart"
+    everything = [i for ids in children for i in ids] + mine + again
+    assert len(set(everything)) == 12000
+
+
+def test_record_and_lookup_round_trip(store: StateStore) -> None:
+    records = record(store, 3)
+    found = store.lookup([records[0].id, "nope", records[2].id, records[0].id])
+    assert sorted(found) == sorted([records[0].id, records[2].id])
+    assert found[records[2].id] == records[2]  # probabilities were float32 already
+    assert found[records[0].id].inputs is None  # raw inputs are not logged by default
+    assert store.counts("m", "v1").predictions == 3
+
+
+def test_inputs_logged_only_when_asked(backend: Backend) -> None:
+    store = backend.open(store_inputs=True)
+    records = record(store, 2, features=3)
+    assert store.lookup([records[1].id])[records[1].id].inputs == (1001.0, 1002.0, 1003.0)
+    explicit = make_records(store.new_ids(1), version="v2")[0]
+    explicit = PredictionRecord(**{**explicit.__dict__, "inputs": (0.5, 1.5)})
+    plain = backend.open()
+    plain.record_predictions([explicit])
+    assert plain.lookup([explicit.id])[explicit.id].inputs == (0.5, 1.5)
+
+
+def test_record_rejects_bad_batches_atomically(store: StateStore) -> None:
+    existing = record(store, 1)[0]
+    ids = store.new_ids(2)
+    with pytest.raises(ValueError, match="repeated"):
+        store.record_predictions(make_records([ids[0], ids[0]]))
+    with pytest.raises(DuplicateIdError) as info:
+        store.record_predictions(make_records([ids[1], existing.id]))
+    assert info.value.ids == [existing.id]
+    assert store.lookup(ids) == {}  # nothing of the failed batch was written
+    with pytest.raises(ValueError, match="inputs"):
+        store.record_predictions(make_records(ids), np.ones((3, 2)))
+    assert store.counts("m", "v1").predictions == 1
+
+
+def test_feedback_joins_by_id_and_first_label_wins(store: StateStore) -> None:
+    a, b, c = record(store, 3)
+    result = store.record_feedback([(a.id, 2), ("ghost", 1), (b.id, 0), (a.id, 1)], t=2000.0)
+    assert result.accepted == [a.id, b.id]
+    assert result.unknown_ids == ["ghost"]
+    assert result.duplicate_ids == [a.id]  # repeated within the call
+    joined = {r.id: r for r in result.accepted_records}
+    assert (joined[a.id].model, joined[a.id].version, joined[a.id].true_label) == ("m", "v1", 2)
+    assert joined[a.id].label == a.label and joined[a.id].delay == pytest.approx(1000.0)
+    again = store.record_feedback([(a.id, 0), (c.id, 1)], t=2001.0)
+    assert again.accepted == [c.id] and again.duplicate_ids == [a.id]
+    assert store.lookup([a.id])[a.id].true_label == 2
+    assert store.lookup([a.id])[a.id].feedback_t == 2000.0
+    assert store.counts("m", "v1").labelled == 3
+    with pytest.raises(ValueError, match="not an int"):
+        store.record_feedback([(a.id, "x")], t=1.0)  # type: ignore[list-item]
+
+
+def test_concurrent_feedback_exactly_one_wins(backend: Backend) -> None:
+    store = backend.open()
+    ids = [r.id for r in record(store, 150)]
+    barrier = SPAWN.Barrier(2)
+    pipes = [SPAWN.Pipe(duplex=False) for _ in range(2)]
+    procs = [
+        SPAWN.Process(
+            target=_child_feedback, args=(backend.url, backend.home, ids, label, barrier, send)
+        )
+        for label, (_, send) in zip((1, 2), pipes, strict=True)
+    ]
+    for p in procs:
+        p.start()
+    won = [set(receive.recv()) for receive, _ in pipes]
+    for p in procs:
+        p.join(20)
+    assert won[0].isdisjoint(won[1]) and won[0] | won[1] == set(ids)
+    stored = store.lookup(ids)
+    assert all(stored[i].true_label == (1 if i in won[0] else 2) for i in ids)
+    assert store.counts("m", "v1").labelled == 150
+
+
+def test_sigkilled_writer_loses_no_reported_prediction(backend: Backend) -> None:
+    receive, send = SPAWN.Pipe(duplex=False)
+    proc = SPAWN.Process(target=_child_record_until_killed, args=(backend.url, backend.home, send))
+    proc.start()
+    reported: list[str] = []
+    while len(reported) < 30 * 8:
+        assert receive.poll(20), "the writer stopped reporting"
+        reported += receive.recv()
+    os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    proc.join(10)
+    while receive.poll(0.1):
+        reported += receive.recv()
+    store = backend.open()
+    assert set(store.lookup(reported)) == set(reported)
+    assert store.counts("m", "v1").predictions >= len(reported)
+
+
+def test_threads_share_a_store(store: StateStore) -> None:
+    errors: list[BaseException] = []
+
+    def work(seed: int) -> None:
+        try:
+            for _ in range(10):
+                record(store, 4, seed=seed)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors and store.counts("m", "v1").predictions == 160
+
+
+# -- windows --------------------------------------------------------------------------------
+
+
+def test_prediction_window_is_the_last_n_oldest_first(store: StateStore) -> None:
+    first = record(store, 4, t0=100.0)
+    second = record(store, 3, t0=200.0)
+    record(store, 5, version="v2")
+    window = store.prediction_window("m", "v1", 5)
+    expected = (first + second)[-5:]
+    assert len(window) == 5
+    assert window.t.tolist() == [r.t for r in expected]
+    assert window.labels.tolist() == [r.label for r in expected]
+    assert window.anomalous.tolist() == [r.anomalous for r in expected]
+    assert window.anomaly_scores.tolist() == [r.anomaly_score for r in expected]
+    np.testing.assert_allclose(window.probabilities, [r.probabilities for r in expected])
+    np.testing.assert_allclose(window.confidences, [r.confidence for r in expected])
+    assert len(store.prediction_window("m", "v1", 100)) == 7
+    empty = store.prediction_window("m", "nope", 10)
+    assert len(empty) == 0 and empty.probabilities.shape == (0, 0)
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        store.prediction_window("m", "v1", -1)
+
+
+def test_labelled_window_follows_feedback_time(store: StateStore) -> None:
+    recs = record(store, 5)
+    store.record_feedback([(recs[3].id, 1)], t=3000.0)
+    store.record_feedback([(recs[0].id, 0), (recs[4].id, 2)], t=3001.0)
+    store.record_feedback([(recs[1].id, 2)], t=3002.0)
+    window = store.labelled_window("m", "v1", 3)
+    assert window.feedback_t.tolist() == [3001.0, 3001.0, 3002.0]
+    assert window.true.tolist() == [0, 2, 2]
+    assert window.predicted.tolist() == [recs[0].label, recs[4].label, recs[1].label]
+    assert window.t.tolist() == [recs[0].t, recs[4].t, recs[1].t]
+    assert len(store.labelled_window("m", "v1", 100)) == 4
+    assert len(store.labelled_window("m", "v2", 100)) == 0
+
+
+def test_input_window_is_a_bounded_ring_per_version(backend: Backend) -> None:
+    store = backend.open(input_window=5)
+    for batch in range(3):
+        record(store, 4, features=2, t0=10.0 * batch)
+    record(store, 2, features=2, version="v2", t0=99.0)
+    window = store.input_window("m", "v1", 100)
+    assert window.dtype == np.float64 and window.shape == (5, 2)
+    assert window[:, 0].tolist() == [13.0, 20.0, 21.0, 22.0, 23.0]  # newest 5, oldest first
+    assert store.input_window("m", "v1", 2)[:, 0].tolist() == [22.0, 23.0]
+    assert store.input_window("m", "v2", 100).shape == (2, 2)
+    assert store.input_window("m", "v3", 100).shape == (0, 0)
+    big = backend.open(input_window=3)
+    record(big, 7, features=2, version="v4", t0=0.0)  # one request larger than the ring
+    assert big.input_window("m", "v4", 100)[:, 0].tolist() == [4.0, 5.0, 6.0]
+    off = backend.open(input_window=0)
+    record(off, 3, version="v5")
+    assert off.input_window("m", "v5", 100).shape == (0, 0)
+    if isinstance(store, SQLiteState):  # the privacy bound: no more raw rows exist at all
+        with sqlite3.connect(store.path) as db:
+            per_version = dict(db.execute("SELECT version, COUNT(*) FROM inputs GROUP BY 1"))
+        assert per_version == {"v1": 5, "v2": 2, "v4": 3}
+
+
+def test_input_window_read_is_fast(backend: Backend) -> None:
+    store = backend.open(prune_every=0)
+    rng = np.random.default_rng(0)
+    for start in range(0, 1000, 250):
+        ids = store.new_ids(250)
+        store.record_predictions(make_records(ids, t0=start), rng.random((250, 784)))
+    began = time.perf_counter()
+    window = store.input_window("m", "v1", 1000)
+    predictions = store.prediction_window("m", "v1", 1000)
+    elapsed = time.perf_counter() - began
+    assert window.shape == (1000, 784) and len(predictions) == 1000
+    assert elapsed < 0.25  # ~10 ms here; generous for a loaded CI machine
+
+
+# -- live pointer ---------------------------------------------------------------------------
+
+
+def test_live_pointer_history_and_rollback(store: StateStore) -> None:
+    assert store.get_live("m") is None and store.live_marker("m").serial == 0
+    with pytest.raises(NoRollbackTargetError):
+        store.previous_live("m")
+    for t, version in enumerate("ABC"):
+        store.set_live("m", version, reason="activate", t=float(t))
+    store.set_live("m", "C", reason="activate", t=9.0)  # already live: no-op
+    assert store.live_marker("m").version == "C" and store.live_marker("m").serial == 3
+    assert store.previous_live("m") == "B"
+    assert store.rollback("m", t=10.0) == "B" and store.get_live("m") == "B"
+    assert store.rollback("m", t=11.0) == "A" and store.get_live("m") == "A"
+    with pytest.raises(NoRollbackTargetError, match="no earlier live version") as info:
+        store.rollback("m", t=12.0)
+    assert isinstance(info.value, StateError)
+    assert store.get_live("m") == "A" and store.live_marker("m").serial == 5
+    assert store.history("m") == [
+        Switch(0.0, "A", None, "activate"),
+        Switch(1.0, "B", "A", "activate"),
+        Switch(2.0, "C", "B", "activate"),
+        Switch(10.0, "B", "C", "rollback"),
+        Switch(11.0, "A", "B", "rollback"),
+    ]
+    assert store.get_live("other") is None and store.history("other") == []
+
+
+def test_rollback_after_reactivating_an_old_version(store: StateStore) -> None:
+    for t, version in enumerate("ABA"):
+        store.set_live("m", version, reason="activate", t=float(t))
+    assert store.rollback("m", t=5.0) == "B"
+    assert store.rollback("m", t=6.0) == "A"
+
+
+# -- retention ------------------------------------------------------------------------------
+
+
+def test_prune_by_age(backend: Backend) -> None:
+    store = backend.open(retention_seconds=100.0, prune_every=0, input_window=6)
+    old = record(store, 5, t0=0.0)
+    new = record(store, 5, t0=500.0)
+    assert store.input_window("m", "v1", 100)[:, 0].tolist() == [4.0] + [r.t for r in new]
+    assert store.prune(now=550.0) == 5
+    assert set(store.lookup([r.id for r in old + new])) == {r.id for r in new}
+    assert store.input_window("m", "v1", 100)[:, 0].tolist() == [r.t for r in new]
+    assert store.counts("m", "v1").predictions == 10  # lifetime totals
+    assert store.prune(now=550.0) == 0
+    more = record(store, 3, t0=600.0)  # the ring refills up to its bound after a prune
+    assert store.input_window("m", "v1", 100)[:, 0].tolist() == [r.t for r in (new + more)[-6:]]
+
+
+def test_prune_by_row_count_keeps_the_newest(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_state, "_CHUNK", 1)  # SQLite deletes in chunks of 20 rows
+    store = backend.open(max_rows=20, prune_every=0)
+    records = record(store, 50, t0=1000.0)
+    assert store.prune(now=1000.0) == 30
+    assert set(store.lookup([r.id for r in records])) == {r.id for r in records[-20:]}
+
+
+def test_writers_prune_every_n_rows(backend: Backend) -> None:
+    store = backend.open(max_rows=10, prune_every=15)
+    record(store, 10)
+    assert len(store.prediction_window("m", "v1", 100)) == 10
+    record(store, 10)  # 20 rows written: pruned back to 10
+    assert len(store.prediction_window("m", "v1", 100)) == 10
+
+
+# -- SQLite specifics: failures, schema, fork -----------------------------------------------
+
+
+def test_read_only_url_can_read_but_not_write(tmp_path: Path) -> None:
+    writer = open_state(None, tmp_path)
+    rec = record(writer, 1)[0]
+    reader = open_state("sqlite://state.sqlite3?mode=ro", tmp_path)
+    assert reader.lookup([rec.id])[rec.id] == rec
+    with pytest.raises(StateError, match="read-only"):
+        reader.record_predictions(make_records(reader.new_ids(1)))
+    with pytest.raises(StateError, match="read-only"):
+        reader.set_live("m", "v1", reason="activate", t=0.0)
+
+
+def test_locked_database_raises_then_recovers(tmp_path: Path) -> None:
+    store = open_state(None, tmp_path, busy_timeout=0.05)
+    record(store, 1)
+    other = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    with pytest.raises(StateError, match="locked"):
+        record(store, 1)
+    assert len(store.prediction_window("m", "v1", 10)) == 1  # WAL: reads go on
+    other.execute("ROLLBACK")
+    other.close()
+    record(store, 1)
+    assert len(store.prediction_window("m", "v1", 10)) == 2
+
+
+def test_read_only_file_raises_then_recovers() -> None:
+    directory = tempfile.mkdtemp(prefix="argus-ro-")  # reachable by an unprivileged user
+    try:
+        os.chmod(directory, 0o777)
+        failure, rows = _run(_child_read_only_file, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    if failure == "skip":
+        pytest.skip(f"cannot act as an unprivileged user: {rows}")
+    assert "cannot record predictions" in failure and "read-only" in failure
+    assert rows == "2"
+
+
+def test_newer_schema_or_foreign_file_is_refused(tmp_path: Path) -> None:
+    record(open_state(None, tmp_path), 1)
+    with sqlite3.connect(tmp_path / "state.sqlite3") as db:
+        db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StateError, match="newer than this Argus"):
+        open_state(None, tmp_path).get_live("m")
+    (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StateError, match="not a database"):
+        open_state("sqlite://junk.db", tmp_path).get_live("m")
+
+
+def test_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    store = open_state(None, tmp_path)
+    record(store, 1)
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's connection
+        try:
+            record(store, 2, t0=50.0)
+            os._exit(0 if len(store.prediction_window("m", "v1", 10)) == 3 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    record(store, 1, t0=90.0)  # the parent's connection still works
+    assert len(store.prediction_window("m", "v1", 10)) == 4
+
+
+def test_closed_store_refuses_use(tmp_path: Path) -> None:
+    store = open_state(None, tmp_path)
+    store.get_live("m")
+    store.close()
+    with pytest.raises(StateError, match="closed"):
+        store.get_live("m")
+    assert stat.S_ISREG((tmp_path / "state.sqlite3").stat().st_mode)
