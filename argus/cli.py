@@ -108,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = msub.add_parser("rollback", help="make the previously live version live again")
     p.add_argument("--name")
     p.set_defaults(func=cmd_models_rollback)
+    status = sub.add_parser("status", help="print a running server's monitoring figures")
+    status.add_argument("--url", default=None, help="server URL (default http://HOST:PORT)")
+    status.add_argument("--version", help="a version other than the live one")
+    status.add_argument("--top", type=int, default=10, help="how many drifted features to list")
+    status.add_argument("--json", action="store_true", help="print the raw /monitoring JSON")
+    status.set_defaults(func=cmd_status)
+
     serve = sub.add_parser("serve", help="serve the live version over HTTP")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 3000)")
@@ -120,6 +127,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
     return parser
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    import httpx
+
+    from argus.status import render_status
+
+    url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    params = {"version": args.version} if args.version else None
+    try:
+        response = httpx.get(f"{url}/monitoring", params=params, timeout=10)
+    except httpx.HTTPError as exc:
+        raise ArgusError(f"cannot reach {url}: {exc}") from None
+    if response.status_code != 200:
+        try:
+            message = response.json().get("error", response.text)
+        except ValueError:
+            message = response.text
+        raise ArgusError(f"{url}/monitoring answered {response.status_code}: {message}")
+    snapshot = response.json()
+    if args.json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        print(render_status(snapshot, top=args.top))
+    return 0
 
 
 # -- serve -----------------------------------------------------------------------------

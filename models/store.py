@@ -118,7 +118,8 @@ def register(name: str, onnx_bytes: bytes, card: ModelCard, profile_json: str) -
             text = final.to_json()
             (path / CARD_FILE).write_text(text)
             model.info.metadata[CARD_SHA_KEY] = hashlib.sha256(text.encode()).hexdigest()
-            model.info.metadata["accuracy"] = final.accuracy
+            if final.accuracy is not None:
+                model.info.metadata["accuracy"] = final.accuracy
             model.info.metadata["kind"] = final.kind
             tag = str(model.tag)
     return get_version(tag)
@@ -230,4 +231,3 @@ def _model_store() -> Any:
     from bentoml._internal.configuration.containers import BentoMLContainer
 
     return BentoMLContainer.model_store.get()
-

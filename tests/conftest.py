@@ -10,8 +10,13 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from models.store import StoredVersion
+    from training.pipeline import TrainingOutcome
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="argus-test-"))
 
@@ -33,3 +38,20 @@ def model_name() -> str:
 @pytest.fixture(scope="session")
 def session_home() -> Path:
     return _SESSION_HOME
+
+
+@pytest.fixture(scope="session")
+def outcome() -> TrainingOutcome:
+    """One run of ``argus train``'s pipeline with the defaults on digits (about 5 s)."""
+    from training.config import TrainConfig
+    from training.pipeline import run
+
+    return run(TrainConfig(), gradient_check=True, out=None)
+
+
+@pytest.fixture
+def registered(outcome: TrainingOutcome, model_name: str) -> list[StoredVersion]:
+    """Two versions of a fresh model name, both from the session's training run."""
+    from training.publish import publish
+
+    return [publish(outcome, model_name), publish(outcome, model_name)]

@@ -13,11 +13,6 @@ from training.config import TrainConfig
 from training.pipeline import TrainingOutcome, run
 
 
-@pytest.fixture(scope="module")
-def outcome() -> TrainingOutcome:
-    return run(TrainConfig(), gradient_check=True, out=None)
-
-
 def test_defaults_on_digits_reach_the_accuracy_bar(outcome: TrainingOutcome) -> None:
     ev = outcome.evaluation
     assert ev.accuracy >= 0.96

@@ -1,0 +1,76 @@
+"""Render a ``/monitoring`` snapshot as a summary a person reads in a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def render_status(snap: dict[str, Any], top: int = 10) -> str:
+    windows = snap["windows"]
+    lines = [
+        f"{snap['model']}:{snap['version']}"
+        + ("  (live)" if snap.get("live") == snap["version"] else f"  (live: {snap.get('live')})"),
+        f"windows      {windows['inputs']} input rows, {windows['labels']} labelled rows; "
+        f"{snap['totals']['predictions']} predictions, {snap['totals']['labelled']} labelled "
+        f"in all (coverage {_pct(snap.get('label_coverage'))})",
+    ]
+    perf = snap.get("performance")
+    estimate = snap.get("estimated_accuracy")
+    if perf:
+        lines.append(
+            f"accuracy     {_num(perf['accuracy'])} realized on {perf['n']} labels, "
+            f"{_num(estimate)} estimated without labels"
+        )
+        lines.append(
+            f"macro        precision {_num(perf['macro_precision'])}  "
+            f"recall {_num(perf['macro_recall'])}  f1 {_num(perf['macro_f1'])}"
+        )
+        worst = sorted(zip(perf["labels"], perf["f1"], strict=True), key=lambda x: x[1])[:3]
+        lines.append("weakest f1   " + ", ".join(f"class {c}: {f:.3f}" for c, f in worst))
+    else:
+        lines.append(f"accuracy     no labels yet; {_num(estimate)} estimated without labels")
+    delay = snap.get("label_delay_seconds")
+    if delay:
+        lines.append(
+            "label delay  " + ", ".join(f"{k} {v:.1f} s" for k, v in sorted(delay.items()))
+        )
+    anomaly = snap.get("anomaly") or {}
+    lines.append(
+        f"anomalies    {_pct(anomaly.get('ratio'))} of the input window above the threshold "
+        f"{_num(anomaly.get('threshold'), 2)}"
+    )
+    pdrift = snap.get("prediction_drift")
+    if pdrift:
+        lines.append(
+            f"predictions  class PSI {_num(pdrift['class_psi'])}, chi-square p "
+            f"{_num(pdrift['chi2_pvalue'])}, confidence PSI {_num(pdrift['confidence_psi'])}"
+        )
+    drift = snap.get("drift")
+    if not drift:
+        lines.append("input drift  no input rows yet")
+        return "\n".join(lines)
+    verdict = "DRIFT DETECTED" if drift["drift_detected"] else "no drift"
+    drifted = [f for f in drift["features"] if f["drifted"]]
+    lines.append(
+        f"input drift  {verdict}: {len(drifted)} of {len(drift['features'])} features drifted "
+        f"({_pct(drift['drift_share'])}; alarm at {_pct(drift['share_threshold'])}, "
+        f"BH alpha {drift['alpha']}, min PSI {drift['min_psi']})"
+    )
+    if drifted:
+        lines.append(f"  {'feature':<16}{'PSI':>9}{'JS':>8}{'KS':>8}{'p-value':>11}")
+        for f in sorted(drifted, key=lambda f: (-f["psi"], -f["ks_statistic"]))[:top]:
+            lines.append(
+                f"  {f['name']:<16}{f['psi']:>9.3f}{f['js_distance']:>8.3f}"
+                f"{f['ks_statistic']:>8.3f}{f['ks_pvalue']:>11.2e}"
+            )
+        if len(drifted) > top:
+            lines.append(f"  ... and {len(drifted) - top} more")
+    return "\n".join(lines)

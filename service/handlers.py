@@ -1,0 +1,247 @@
+"""The service's behaviour, free of any web framework.
+
+``ArgusCore`` answers each endpoint of DESIGN.md's HTTP contract from plain Python
+values and raises ``RequestError`` for anything the client got wrong. The BentoML class
+in ``service/service.py`` only moves JSON in and out, so these handlers are tested
+in-process without a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+from argus.settings import Settings
+from models import store
+from models.errors import ModelNotFoundError, ModelVerificationError, StateError
+from monitoring.state import DuplicateIdError, PredictionRecord, StateStore
+from service.metrics import ServiceMetrics
+from service.runtime import LoadedVersion, ModelRuntime
+from service.validation import (
+    RequestError,
+    check_labels,
+    parse_feedback,
+    parse_ids,
+    parse_instances,
+)
+
+log = logging.getLogger("argus.service")
+
+
+class ArgusCore:
+    """One worker's view: settings, shared state, the live model, its counters."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: StateStore,
+        runtime: ModelRuntime,
+        metrics: ServiceMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.runtime = runtime
+        self.metrics = metrics
+        self.clock = clock
+        self._n_classes: dict[tuple[str, str], int] = {}
+
+    # -- predict ---------------------------------------------------------------------
+
+    async def predict(self, instances: Any, ids: Any = None) -> dict[str, Any]:
+        live = self._live()
+        X = parse_instances(instances, live.n_features, self.settings.max_batch)
+        client_ids = parse_ids(ids, len(X))
+        started = time.perf_counter()
+        pred = live.predict(X)
+        self.metrics.inference_duration.labels(live.name, live.version).observe(
+            time.perf_counter() - started
+        )
+        row_ids = client_ids if client_ids is not None else self.state.new_ids(len(X))
+        now = self.clock()
+        records = [
+            PredictionRecord(
+                id=row_ids[i],
+                model=live.name,
+                version=live.version,
+                t=now,
+                label=int(pred.labels[i]),
+                confidence=float(pred.confidences[i]),
+                probabilities=pred.probabilities[i],
+                anomaly_score=float(pred.anomaly_scores[i]),
+                anomalous=bool(pred.anomalous[i]),
+            )
+            for i in range(len(X))
+        ]
+        await self._record(records, X)
+        n_anomalous = int(pred.anomalous.sum())
+        self.metrics.predictions.labels(live.name, live.version).inc(len(X))
+        if n_anomalous:
+            self.metrics.anomalies.labels(live.name, live.version).inc(n_anomalous)
+        histogram = self.metrics.anomaly_score.labels(live.name, live.version)
+        for score in pred.anomaly_scores.tolist():
+            histogram.observe(score)
+        probabilities = pred.probabilities.tolist()
+        return {
+            "model": live.name,
+            "version": live.version,
+            "predictions": [
+                {
+                    "id": r.id,
+                    "label": r.label,
+                    "confidence": r.confidence,
+                    "probabilities": probabilities[i],
+                    "anomaly_score": r.anomaly_score,
+                    "anomalous": r.anomalous,
+                }
+                for i, r in enumerate(records)
+            ],
+        }
+
+    async def _record(self, records: list[PredictionRecord], X: Any) -> None:
+        """Make the predictions durable before the response leaves.
+
+        A duplicate client id is the client's error (409). A failing store is not: the
+        prediction is still answered (availability over monitoring completeness), the
+        failure is counted and logged.
+        """
+        inputs = X if self.settings.input_window > 0 or self.settings.store_inputs else None
+        try:
+            await asyncio.to_thread(self.state.record_predictions, records, inputs)
+        except DuplicateIdError as exc:
+            raise RequestError(409, "duplicate_ids", str(exc)) from None
+        except StateError as exc:
+            self.metrics.state_errors.labels("record").inc()
+            log.error("prediction log write failed, answering anyway: %s", exc)
+
+    def _live(self) -> LoadedVersion:
+        try:
+            return self.runtime.live
+        except ModelNotFoundError as exc:
+            raise RequestError(503, "no_model", str(exc)) from None
+
+    # -- feedback --------------------------------------------------------------------
+
+    async def feedback(self, feedback: Any, authorization: str | None = None) -> dict[str, Any]:
+        if self.settings.feedback_token:
+            self._check_token(authorization, self.settings.feedback_token, "ARGUS_FEEDBACK_TOKEN")
+        pairs = parse_feedback(feedback, self.settings.max_batch)
+        try:
+            known = await asyncio.to_thread(self.state.lookup, [fid for fid, _ in pairs])
+        except StateError as exc:
+            self.metrics.state_errors.labels("lookup").inc()
+            raise RequestError(503, "state_unavailable", f"feedback not recorded: {exc}") from None
+        check_labels(
+            [
+                (fid, label, self._classes_of(known[fid].model, known[fid].version))
+                for fid, label in pairs
+                if fid in known
+            ]
+        )
+        now = self.clock()
+        try:
+            result = await asyncio.to_thread(self.state.record_feedback, pairs, now)
+        except StateError as exc:
+            self.metrics.state_errors.labels("feedback").inc()
+            raise RequestError(503, "state_unavailable", f"feedback not recorded: {exc}") from None
+        for rec in result.accepted_records:
+            verdict = "correct" if rec.label == rec.true_label else "incorrect"
+            self.metrics.feedback.labels(rec.model, rec.version, verdict).inc()
+            self.metrics.label_delay.labels(rec.model, rec.version).observe(
+                max(0.0, (rec.feedback_t or now) - rec.t)
+            )
+        return {
+            "accepted": len(result.accepted),
+            "unknown_ids": list(result.unknown_ids),
+            "duplicate_ids": list(result.duplicate_ids),
+        }
+
+    def _classes_of(self, model: str, version: str) -> int:
+        key = (model, version)
+        if key not in self._n_classes:
+            try:
+                self._n_classes[key] = int(store.get_version(model, version).card.n_classes)
+            except ModelNotFoundError:
+                raise RequestError(
+                    409, "unknown_version", f"version {model}:{version} is no longer stored"
+                ) from None
+        return self._n_classes[key]
+
+    # -- models ----------------------------------------------------------------------
+
+    def models(self) -> dict[str, Any]:
+        name = self.runtime.name
+        pointer = self.state.get_live(name)
+        versions = store.list_versions(name)
+        live = pointer or (versions[-1].version if versions else None)
+        return {
+            "model": name,
+            "live": live,
+            "serving": self.runtime.live.version if self.runtime.ready else None,
+            "versions": [
+                {
+                    "version": v.version,
+                    "created": v.creation_time.isoformat(),
+                    "kind": v.card.kind,
+                    "accuracy": v.card.accuracy,
+                    "parent": v.card.parent,
+                    "live": v.version == live,
+                }
+                for v in versions
+            ],
+            "history": [asdict(s) for s in self.state.history(name)],
+        }
+
+    def activate(self, version: Any, authorization: str | None) -> dict[str, Any]:
+        self._check_admin(authorization)
+        if not isinstance(version, str) or not version:
+            raise RequestError(400, "bad_type", "'version' must be a non-empty string")
+        return self._switch(version, "activate")
+
+    def rollback(self, authorization: str | None) -> dict[str, Any]:
+        self._check_admin(authorization)
+        try:
+            target = self.state.previous_live(self.runtime.name)
+        except StateError as exc:
+            raise RequestError(409, "no_previous_version", str(exc)) from None
+        return self._switch(target, "rollback")
+
+    def _switch(self, version: str, reason: str) -> dict[str, Any]:
+        name = self.runtime.name
+        try:
+            self.runtime.load(version)  # verifies the files and builds a session
+        except ModelNotFoundError as exc:
+            raise RequestError(404, "unknown_version", str(exc)) from None
+        except (ModelVerificationError, ValueError, OSError) as exc:
+            raise RequestError(422, "unverifiable_version", str(exc)) from None
+        previous = self.runtime.live.version if self.runtime.ready else None
+        if reason == "rollback":
+            self.state.rollback(name, t=self.clock())
+        else:
+            self.state.set_live(name, version, reason=reason, t=self.clock())
+        self.runtime.refresh()
+        log.info("%s: %s:%s is live (was %s)", reason, name, version, previous)
+        return {"model": name, "live": version, "previous": previous, "reason": reason}
+
+    # -- auth ------------------------------------------------------------------------
+
+    def _check_admin(self, authorization: str | None) -> None:
+        token = self.settings.admin_token
+        if not token:
+            raise RequestError(
+                403, "admin_disabled", "admin endpoints are disabled: set ARGUS_ADMIN_TOKEN"
+            )
+        self._check_token(authorization, token, "ARGUS_ADMIN_TOKEN")
+
+    @staticmethod
+    def _check_token(authorization: str | None, token: str, variable: str) -> None:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise RequestError(401, "unauthorized", f"send 'Authorization: Bearer <{variable}>'")
+        given = authorization[len("Bearer ") :].strip().encode()
+        if not hmac.compare_digest(given, token.encode()):
+            raise RequestError(403, "forbidden", "the bearer token is not valid")

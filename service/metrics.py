@@ -1,0 +1,66 @@
+"""Prometheus counters and histograms of the serving path.
+
+They are plain prometheus_client objects. Under ``bentoml serve`` every worker inherits
+``PROMETHEUS_MULTIPROC_DIR``, so each worker writes its own file and BentoML's
+``/metrics`` sums them: counters and histograms stay correct across workers and across
+a killed worker. Window figures (ratios, PSI, p-values) are not kept here: they are
+computed from the shared state when ``/metrics`` is scraped (``service/exposition.py``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SCORE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+DELAY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 12 * 3600, 86400, 7 * 86400)
+
+
+class ServiceMetrics:
+    """The counters and histograms one worker updates; create once per process."""
+
+    def __init__(self) -> None:
+        mv = ["model", "version"]
+        self.predictions = Counter("argus_predictions", "Rows predicted (one per instance).", mv)
+        self.anomalies = Counter(
+            "argus_anomalies", "Rows whose anomaly score exceeded the version's threshold.", mv
+        )
+        self.feedback = Counter(
+            "argus_feedback",
+            "Labels joined to predictions, by whether the prediction was right.",
+            [*mv, "result"],
+        )
+        self.invalid_requests = Counter(
+            "argus_invalid_requests", "Requests refused with a 4xx, by reason.", ["reason"]
+        )
+        self.state_errors = Counter(
+            "argus_state_errors",
+            "Failed reads or writes of the shared state (the request was still answered).",
+            ["operation"],
+        )
+        self.inference_duration = Histogram(
+            "argus_inference_duration_seconds",
+            "Time from a validated request to its prediction, per request.",
+            mv,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.anomaly_score = Histogram(
+            "argus_anomaly_score", "Anomaly score per row.", mv, buckets=SCORE_BUCKETS
+        )
+        self.label_delay = Histogram(
+            "argus_label_delay_seconds",
+            "Time from a prediction to its label.",
+            mv,
+            buckets=DELAY_BUCKETS,
+        )
+
+
+_METRICS: ServiceMetrics | None = None
+
+
+def get_metrics() -> ServiceMetrics:
+    """This process's metrics, created on first use (prometheus_client allows one each)."""
+    global _METRICS
+    if _METRICS is None:
+        _METRICS = ServiceMetrics()
+    return _METRICS

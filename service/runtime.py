@@ -1,0 +1,161 @@
+"""Loaded model versions and the live pointer, as seen by one worker.
+
+A worker keeps a small cache of loaded versions. Each request takes the live
+``LoadedVersion`` once, at its start, and uses only that object, so a request in flight
+finishes on the session it started with even if the pointer moves meanwhile. A
+background poll (``refresh``) follows the pointer in the shared state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from models import store
+from models.errors import ModelNotFoundError, ModelVerificationError
+from monitoring.profile import ReferenceProfile
+
+log = logging.getLogger("argus.runtime")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    probabilities: np.ndarray  # float32, rows x classes
+    labels: np.ndarray  # int64
+    confidences: np.ndarray  # float32
+    anomaly_scores: np.ndarray  # float64
+    anomalous: np.ndarray  # bool
+
+
+class LoadedVersion:
+    """One verified version with its onnxruntime session and reference profile."""
+
+    def __init__(self, stored: store.StoredVersion, threads: int = 1) -> None:
+        store.verify(stored)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(stored.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelVerificationError(f"{stored.tag} does not load: {exc}") from None
+        self.stored = stored
+        self.card = stored.card
+        self.name = stored.name
+        self.version = stored.version
+        self.n_features = int(stored.card.n_features)
+        self.n_classes = int(stored.card.n_classes)
+        self.input_name = stored.card.input_name
+        self.output_name = stored.card.output_name
+        self.profile = ReferenceProfile.from_dict(stored.read_profile())
+        self.detector = self.profile.anomaly
+
+    def predict(self, X: np.ndarray) -> Prediction:
+        (probabilities,) = self.session.run([self.output_name], {self.input_name: X})
+        probabilities = np.asarray(probabilities, dtype=np.float32)
+        labels = probabilities.argmax(axis=1)
+        confidences = probabilities[np.arange(len(labels)), labels]
+        scores = self.detector.score(X)
+        return Prediction(
+            probabilities, labels, confidences, scores, scores > self.detector.threshold_
+        )
+
+
+class ModelRuntime:
+    """The live version of one model name for this worker, following the shared pointer.
+
+    ``live_version`` is a callable returning the pointer's version (or ``None`` when no
+    pointer was ever set, in which case the newest stored version serves).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        live_version: Callable[[], str | None],
+        threads: int = 1,
+        cache_size: int = 3,
+    ) -> None:
+        self.name = name
+        self._live_version = live_version
+        self.threads = threads
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, LoadedVersion] = OrderedDict()
+        self._live: LoadedVersion | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def live(self) -> LoadedVersion:
+        live = self._live
+        if live is None:
+            raise ModelNotFoundError(f"no version of {self.name} is loaded")
+        return live
+
+    @property
+    def ready(self) -> bool:
+        return self._live is not None
+
+    def target_version(self) -> str:
+        version = self._live_version()
+        if version is not None:
+            return version
+        newest = store.newest(self.name)
+        if newest is None:
+            raise ModelNotFoundError(
+                f"the store holds no version of {self.name}: run `argus train` first"
+            )
+        return newest.version
+
+    def load(self, version: str) -> LoadedVersion:
+        """Load (or take from the cache) ``version``; raises if it fails to verify or load."""
+        with self._lock:
+            cached = self._cache.get(version)
+            if cached is not None:
+                self._cache.move_to_end(version)
+                return cached
+        loaded = LoadedVersion(store.get_version(self.name, version), threads=self.threads)
+        with self._lock:
+            self._cache[version] = loaded
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return loaded
+
+    def refresh(self) -> bool:
+        """Follow the pointer; returns True when the live version changed.
+
+        A version that fails to load leaves the current one serving; the error is kept in
+        ``last_error`` and logged once per distinct message.
+        """
+        try:
+            target = self.target_version()
+            if self._live is not None and self._live.version == target:
+                return False
+            loaded = self.load(target)
+        except (ModelNotFoundError, ModelVerificationError, OSError, ValueError) as exc:
+            message = str(exc)
+            if message != self.last_error:
+                log.error("live version not switched: %s", message)
+            self.last_error = message
+            return False
+        previous = self._live.version if self._live else None
+        self._live = loaded
+        self.last_error = None
+        log.info("serving %s:%s (was %s)", self.name, loaded.version, previous)
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "live": self._live.version if self._live else None,
+            "loaded": list(self._cache),
+            "last_error": self.last_error,
+        }

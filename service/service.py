@@ -1,0 +1,170 @@
+"""The BentoML service: moves JSON in and out of ``ArgusCore``.
+
+Start it with ``argus serve`` (or ``bentoml serve`` from the repo root, which reads
+``bentofile.yaml``). Every worker builds its own ``ArgusCore`` over the shared state;
+nothing that matters lives only in one worker's memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from argus.settings import Settings
+from monitoring.state import open_state
+from service.exposition import MetricsExposition
+from service.handlers import ArgusCore
+from service.metrics import get_metrics
+from service.middleware import LimitsMiddleware
+from service.runtime import ModelRuntime
+from service.validation import RequestError
+
+log = logging.getLogger("argus.service")
+
+# The one service instance of this worker process, for the GET routes below.
+_CORE: ArgusCore | None = None
+_EXPOSITION: MetricsExposition | None = None
+
+
+def _core() -> ArgusCore:
+    if _CORE is None:
+        raise RequestError(503, "not_ready", "the service is starting")
+    return _CORE
+
+
+async def _get_models(request: Request) -> JSONResponse:
+    try:
+        return JSONResponse(await asyncio.to_thread(_core().models))
+    except RequestError as exc:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _get_monitoring(request: Request) -> JSONResponse:
+    try:
+        if _EXPOSITION is None:
+            raise RequestError(503, "not_ready", "the service is starting")
+        version = request.query_params.get("version")
+        snapshot = await asyncio.to_thread(_EXPOSITION.snapshot, version)
+        return JSONResponse(snapshot)
+    except RequestError as exc:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+
+read_api = Starlette(
+    routes=[
+        Route("/models", _get_models, methods=["GET"]),
+        Route("/monitoring", _get_monitoring, methods=["GET"]),
+    ]
+)
+
+_SETTINGS = Settings.from_env()
+
+
+@bentoml.asgi_app(read_api, path="/")
+@bentoml.service(
+    name="argus",
+    workers=_SETTINGS.workers,
+    traffic={"timeout": 60},
+    http={"host": _SETTINGS.host, "port": _SETTINGS.port},
+    logging={"access": {"enabled": False}},
+)
+class Argus:
+    """Serve the live version of one model, with monitoring on every request."""
+
+    def __init__(self) -> None:
+        global _CORE, _EXPOSITION
+        settings = Settings.from_env()
+        settings.apply_bentoml_home()
+        state = open_state(
+            settings.state_url,
+            settings.home,
+            input_window=settings.input_window,
+            store_inputs=settings.store_inputs,
+            retention_seconds=settings.retention_seconds,
+            max_rows=settings.retention_rows,
+        )
+        runtime = ModelRuntime(
+            settings.model, lambda: state.get_live(settings.model), threads=settings.onnx_threads
+        )
+        runtime.refresh()
+        if not runtime.ready:
+            raise RuntimeError(f"no servable version of {settings.model}: {runtime.last_error}")
+        self.core = ArgusCore(settings, state, runtime, get_metrics())
+        self.exposition = MetricsExposition(settings, state, runtime)
+        _CORE, _EXPOSITION = self.core, self.exposition
+        self._worker = str(os.getpid())  # x-argus-worker: which process answered
+        log.info("worker %d serving %s", os.getpid(), runtime.describe())
+
+    @bentoml.on_startup
+    async def _follow_live_pointer(self) -> None:
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        interval = self.core.settings.poll_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.core.runtime.refresh)
+            except Exception:  # keep polling whatever one round did
+                log.exception("live-pointer poll failed")
+
+    def __metrics__(self, text: str) -> str:
+        return text + self.exposition.render()
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self, ctx: bentoml.Context, instances: list[Any], ids: list[Any] | None = None
+    ) -> dict[str, Any]:
+        """Predict each row of ``instances`` (numbers, one list per row); optional ``ids``."""
+        ctx.response.headers["x-argus-worker"] = self._worker
+        try:
+            return await self.core.predict(instances, ids)
+        except RequestError as exc:
+            return self._error(ctx, exc)
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, ctx: bentoml.Context, feedback: list[Any]) -> dict[str, Any]:
+        """Join true labels to earlier predictions: ``[{"id": str, "label": int}, ...]``."""
+        ctx.response.headers["x-argus-worker"] = self._worker
+        try:
+            return await self.core.feedback(feedback, ctx.request.headers.get("authorization"))
+        except RequestError as exc:
+            return self._error(ctx, exc)
+
+    @bentoml.api(route="/models/activate")
+    async def activate(self, ctx: bentoml.Context, version: str) -> dict[str, Any]:
+        """Make ``version`` live (needs ``Authorization: Bearer $ARGUS_ADMIN_TOKEN``)."""
+        try:
+            auth = ctx.request.headers.get("authorization")
+            return await asyncio.to_thread(self.core.activate, version, auth)
+        except RequestError as exc:
+            return self._error(ctx, exc)
+
+    @bentoml.api(route="/models/rollback")
+    async def rollback(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Make the previously live version live again (needs the admin token)."""
+        try:
+            auth = ctx.request.headers.get("authorization")
+            return await asyncio.to_thread(self.core.rollback, auth)
+        except RequestError as exc:
+            return self._error(ctx, exc)
+
+    def _error(self, ctx: bentoml.Context, exc: RequestError) -> dict[str, Any]:
+        ctx.response.status_code = exc.status
+        ctx.response.headers["x-argus-reason"] = exc.reason
+        if exc.status < 500:
+            self.core.metrics.invalid_requests.labels(exc.reason).inc()
+        return exc.body()
+
+
+Argus.add_asgi_middleware(  # type: ignore[attr-defined]  # a bentoml Service
+    LimitsMiddleware, max_body_bytes=_SETTINGS.max_body_bytes
+)
