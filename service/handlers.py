@@ -20,7 +20,7 @@ from argus.settings import Settings
 from models import store
 from models.errors import ModelNotFoundError, ModelVerificationError, StateError
 from monitoring.state import DuplicateIdError, PredictionRecord, StateStore
-from service.metrics import ServiceMetrics
+from service.metrics import ServiceMetrics, observe_many
 from service.runtime import LoadedVersion, ModelRuntime
 from service.validation import (
     RequestError,
@@ -83,9 +83,9 @@ class ArgusCore:
         self.metrics.predictions.labels(live.name, live.version).inc(len(X))
         if n_anomalous:
             self.metrics.anomalies.labels(live.name, live.version).inc(n_anomalous)
-        histogram = self.metrics.anomaly_score.labels(live.name, live.version)
-        for score in pred.anomaly_scores.tolist():
-            histogram.observe(score)
+        observe_many(
+            self.metrics.anomaly_score.labels(live.name, live.version), pred.anomaly_scores
+        )
         probabilities = pred.probabilities.tolist()
         return {
             "model": live.name,

@@ -9,6 +9,9 @@ computed from the shared state when ``/metrics`` is scraped (``service/expositio
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from prometheus_client import Counter, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -64,3 +67,29 @@ def get_metrics() -> ServiceMetrics:
     if _METRICS is None:
         _METRICS = ServiceMetrics()
     return _METRICS
+
+
+def observe_many(child: Any, values: np.ndarray) -> None:
+    """Observe every value of ``values`` in one histogram child, in O(buckets) writes.
+
+    ``Histogram.observe`` costs about 8 microseconds in multiprocess mode (a lock and an
+    mmap write per call), so a 1024-row request would spend 8 ms on its anomaly-score
+    histogram. This adds the per-bucket counts and the sum in one pass instead, with the
+    same ``value <= bound`` rule; it falls back to ``observe`` if prometheus_client ever
+    changes the child's internals.
+    """
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for v in values.tolist():
+            child.observe(v)
+        return
+    index = np.searchsorted(np.asarray(bounds, dtype=np.float64), values, side="left")
+    counts = np.bincount(index, minlength=len(bounds))
+    total.inc(float(values.sum()))
+    for i in np.flatnonzero(counts).tolist():
+        buckets[i].inc(int(counts[i]))
