@@ -19,7 +19,8 @@ from typing import Any
 from argus.settings import Settings
 from models import store
 from models.errors import ModelNotFoundError, ModelVerificationError, StateError
-from monitoring.state import DuplicateIdError, PredictionRecord, StateStore
+from monitoring.journal import JournaledState, PredictionBatch
+from monitoring.state import DuplicateIdError, NoRollbackTargetError
 from service.metrics import ServiceMetrics, observe_many
 from service.runtime import LoadedVersion, ModelRuntime
 from service.validation import (
@@ -39,7 +40,7 @@ class ArgusCore:
     def __init__(
         self,
         settings: Settings,
-        state: StateStore,
+        state: JournaledState,
         runtime: ModelRuntime,
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.time,
@@ -63,22 +64,19 @@ class ArgusCore:
             time.perf_counter() - started
         )
         row_ids = client_ids if client_ids is not None else self.state.new_ids(len(X))
-        now = self.clock()
-        records = [
-            PredictionRecord(
-                id=row_ids[i],
-                model=live.name,
-                version=live.version,
-                t=now,
-                label=int(pred.labels[i]),
-                confidence=float(pred.confidences[i]),
-                probabilities=pred.probabilities[i],
-                anomaly_score=float(pred.anomaly_scores[i]),
-                anomalous=bool(pred.anomalous[i]),
-            )
-            for i in range(len(X))
-        ]
-        await self._record(records, X)
+        batch = PredictionBatch(
+            model=live.name,
+            version=live.version,
+            t=self.clock(),
+            ids=row_ids,
+            labels=pred.labels,
+            confidences=pred.confidences,
+            probabilities=pred.probabilities,
+            anomaly_scores=pred.anomaly_scores,
+            anomalous=pred.anomalous,
+            inputs=X,
+        )
+        await self._record(batch, check_ids=client_ids is not None)
         n_anomalous = int(pred.anomalous.sum())
         self.metrics.predictions.labels(live.name, live.version).inc(len(X))
         if n_anomalous:
@@ -87,32 +85,39 @@ class ArgusCore:
             self.metrics.anomaly_score.labels(live.name, live.version), pred.anomaly_scores
         )
         probabilities = pred.probabilities.tolist()
+        labels = pred.labels.tolist()
+        confidences = pred.confidences.tolist()
+        scores = pred.anomaly_scores.tolist()
+        anomalous = pred.anomalous.tolist()
         return {
             "model": live.name,
             "version": live.version,
             "predictions": [
                 {
-                    "id": r.id,
-                    "label": r.label,
-                    "confidence": r.confidence,
+                    "id": row_ids[i],
+                    "label": labels[i],
+                    "confidence": confidences[i],
                     "probabilities": probabilities[i],
-                    "anomaly_score": r.anomaly_score,
-                    "anomalous": r.anomalous,
+                    "anomaly_score": scores[i],
+                    "anomalous": anomalous[i],
                 }
-                for i, r in enumerate(records)
+                for i in range(len(row_ids))
             ],
         }
 
-    async def _record(self, records: list[PredictionRecord], X: Any) -> None:
+    async def _record(self, batch: PredictionBatch, check_ids: bool) -> None:
         """Make the predictions durable before the response leaves.
 
-        A duplicate client id is the client's error (409). A failing store is not: the
-        prediction is still answered (availability over monitoring completeness), the
-        failure is counted and logged.
+        The journal append is one small write, done inline; checking client ids against
+        the log reads the store, so that runs in a thread. A duplicate client id is the
+        client's error (409). A failing store is not: the prediction is still answered
+        (availability over monitoring completeness), the failure is counted and logged.
         """
-        inputs = X if self.settings.input_window > 0 or self.settings.store_inputs else None
         try:
-            await asyncio.to_thread(self.state.record_predictions, records, inputs)
+            if check_ids:
+                await asyncio.to_thread(self.state.record_batch, batch, True)
+            else:
+                self.state.record_batch(batch, check_ids=False)
         except DuplicateIdError as exc:
             raise RequestError(409, "duplicate_ids", str(exc)) from None
         except StateError as exc:
@@ -207,23 +212,34 @@ class ArgusCore:
         self._check_admin(authorization)
         try:
             target = self.state.previous_live(self.runtime.name)
-        except StateError as exc:
+        except NoRollbackTargetError as exc:
             raise RequestError(409, "no_previous_version", str(exc)) from None
+        except StateError as exc:
+            self.metrics.state_errors.labels("switch").inc()
+            raise RequestError(503, "state_unavailable", f"nothing switched: {exc}") from None
         return self._switch(target, "rollback")
 
     def _switch(self, version: str, reason: str) -> dict[str, Any]:
         name = self.runtime.name
         try:
-            self.runtime.load(version)  # verifies the files and builds a session
+            # verifies the files and builds a session; the store resolves aliases such as
+            # "latest", so the pointer keeps the version actually loaded
+            version = self.runtime.load(version).version
         except ModelNotFoundError as exc:
             raise RequestError(404, "unknown_version", str(exc)) from None
         except (ModelVerificationError, ValueError, OSError) as exc:
             raise RequestError(422, "unverifiable_version", str(exc)) from None
         previous = self.runtime.live.version if self.runtime.ready else None
-        if reason == "rollback":
-            self.state.rollback(name, t=self.clock())
-        else:
-            self.state.set_live(name, version, reason=reason, t=self.clock())
+        try:
+            if reason == "rollback":
+                self.state.rollback(name, t=self.clock())
+            else:
+                self.state.set_live(name, version, reason=reason, t=self.clock())
+        except NoRollbackTargetError as exc:  # another process rolled back meanwhile
+            raise RequestError(409, "no_previous_version", str(exc)) from None
+        except StateError as exc:
+            self.metrics.state_errors.labels("switch").inc()
+            raise RequestError(503, "state_unavailable", f"nothing switched: {exc}") from None
         self.runtime.refresh()
         log.info("%s: %s:%s is live (was %s)", reason, name, version, previous)
         return {"model": name, "live": version, "previous": previous, "reason": reason}

@@ -19,7 +19,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from argus.settings import Settings
-from monitoring.state import open_state
+from models.errors import StateError
+from monitoring.journal import open_journaled
 from service.exposition import MetricsExposition
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
@@ -40,9 +41,19 @@ def _core() -> ArgusCore:
     return _CORE
 
 
+def _state_unavailable(operation: str, exc: StateError) -> RequestError:
+    """A failed read of the shared state on a GET route: counted, logged, a 503."""
+    get_metrics().state_errors.labels(operation).inc()
+    log.error("shared state read failed (%s): %s", operation, exc)
+    return RequestError(503, "state_unavailable", f"the shared state is unavailable: {exc}")
+
+
 async def _get_models(request: Request) -> JSONResponse:
     try:
-        return JSONResponse(await asyncio.to_thread(_core().models))
+        try:
+            return JSONResponse(await asyncio.to_thread(_core().models))
+        except StateError as exc:
+            raise _state_unavailable("models", exc) from None
     except RequestError as exc:
         return JSONResponse(exc.body(), status_code=exc.status)
 
@@ -52,7 +63,10 @@ async def _get_monitoring(request: Request) -> JSONResponse:
         if _EXPOSITION is None:
             raise RequestError(503, "not_ready", "the service is starting")
         version = request.query_params.get("version")
-        snapshot = await asyncio.to_thread(_EXPOSITION.snapshot, version)
+        try:
+            snapshot = await asyncio.to_thread(_EXPOSITION.snapshot, version)
+        except StateError as exc:
+            raise _state_unavailable("monitoring", exc) from None
         return JSONResponse(snapshot)
     except RequestError as exc:
         return JSONResponse(exc.body(), status_code=exc.status)
@@ -83,13 +97,15 @@ class Argus:
         global _CORE, _EXPOSITION
         settings = Settings.from_env()
         settings.apply_bentoml_home()
-        state = open_state(
+        state = open_journaled(
             settings.state_url,
             settings.home,
+            background=True,
             input_window=settings.input_window,
             store_inputs=settings.store_inputs,
             retention_seconds=settings.retention_seconds,
             max_rows=settings.retention_rows,
+            busy_timeout=settings.state_busy_timeout,
         )
         runtime = ModelRuntime(
             settings.model, lambda: state.get_live(settings.model), threads=settings.onnx_threads
@@ -117,7 +133,12 @@ class Argus:
                 log.exception("live-pointer poll failed")
 
     def __metrics__(self, text: str) -> str:
-        return text + self.exposition.render()
+        try:
+            return text + self.exposition.render()
+        except StateError as exc:  # keep the counters (argus_state_errors_total) visible
+            self.core.metrics.state_errors.labels("metrics").inc()
+            log.error("window figures left out of /metrics: %s", exc)
+            return text
 
     @bentoml.api(route="/predict")
     async def predict(

@@ -1,0 +1,501 @@
+"""Write-behind prediction log: a per-process journal file in front of the shared state.
+
+The hot path of ``/predict`` must make every answered prediction durable before the
+response leaves, and it must stay cheap. A transaction per request in the shared store
+costs far more than the model (WAL pages for every table and index a row touches). So a
+request appends one framed record to its process's journal file instead: one
+``os.write`` of about a kilobyte, durable against the process being killed the moment it
+returns (the data is in the kernel's page cache; a power loss may lose the tail, as with
+SQLite's ``synchronous=NORMAL``). The records are then ingested into the real store in
+large batches:
+
+* by a background thread in the writing process (``ingest_every`` seconds), and
+* by ANY process on this machine before it reads the store (``lookup``, windows,
+  counts, feedback), so a reader always sees every prediction answered before its read
+  started — the join by ``/feedback`` on another worker included.
+
+Ingestion is exactly-once in effect: each journal file's progress is kept in a sidecar
+``.offset`` file under a per-journal lock, and re-ingesting a record after a crash is
+harmless because prediction ids are unique (rows whose id is already stored are skipped).
+A journal whose owner died (its ``.owner`` lock is free) is ingested by whoever comes
+next and then deleted; a live owner rotates its file every ``rotate_bytes``.
+
+Client-supplied ids are checked against the store at request time (``check_ids``); two
+requests racing with the same new id on different processes are resolved at ingestion:
+the first one ingested keeps the id, the other rows are dropped and counted in
+``dropped_duplicates``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import struct
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.errors import StateError
+from monitoring.state import (
+    Counts,
+    DuplicateIdError,
+    FeedbackResult,
+    LabelledWindow,
+    LiveMarker,
+    PredictionRecord,
+    PredictionWindow,
+    StateStore,
+    Switch,
+    open_state,
+)
+
+log = logging.getLogger("argus.journal")
+
+MAGIC = b"ARJ1"
+_FRAME = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
+_HEAD = struct.Struct("<I")  # JSON header length inside the payload
+
+
+@dataclass(frozen=True, eq=False)
+class PredictionBatch:
+    """The rows one request predicted, as arrays (no per-row objects on the hot path)."""
+
+    model: str
+    version: str
+    t: float
+    ids: Sequence[str]
+    labels: np.ndarray  # int, (n,)
+    confidences: np.ndarray  # float32, (n,)
+    probabilities: np.ndarray  # float32, (n, k)
+    anomaly_scores: np.ndarray  # float64, (n,)
+    anomalous: np.ndarray  # bool, (n,)
+    inputs: np.ndarray | None = None  # float32, (n, d)
+
+    def encode(self) -> bytes:
+        probs = np.ascontiguousarray(self.probabilities, dtype="<f4")
+        n, k = probs.shape
+        inputs = None if self.inputs is None else np.ascontiguousarray(self.inputs, dtype="<f4")
+        head = json.dumps(
+            {
+                "model": self.model,
+                "version": self.version,
+                "t": self.t,
+                "ids": list(self.ids),
+                "n": n,
+                "k": k,
+                "d": 0 if inputs is None else int(inputs.shape[1]),
+            },
+            separators=(",", ":"),
+        ).encode()
+        parts = [
+            _HEAD.pack(len(head)),
+            head,
+            np.ascontiguousarray(self.labels, dtype="<i4").tobytes(),
+            np.ascontiguousarray(self.confidences, dtype="<f4").tobytes(),
+            probs.tobytes(),
+            np.ascontiguousarray(self.anomaly_scores, dtype="<f8").tobytes(),
+            np.ascontiguousarray(self.anomalous, dtype=np.uint8).tobytes(),
+        ]
+        if inputs is not None:
+            parts.append(inputs.tobytes())
+        payload = b"".join(parts)
+        return _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+
+    @classmethod
+    def decode(cls, payload: bytes) -> PredictionBatch:
+        (hlen,) = _HEAD.unpack_from(payload, 0)
+        head = json.loads(payload[_HEAD.size : _HEAD.size + hlen])
+        n, k, d = head["n"], head["k"], head["d"]
+        at = _HEAD.size + hlen
+
+        def take(dtype: str, count: int) -> np.ndarray:
+            nonlocal at
+            arr = np.frombuffer(payload, dtype=dtype, count=count, offset=at)
+            at += arr.nbytes
+            return arr
+
+        labels = take("<i4", n)
+        confidences = take("<f4", n)
+        probabilities = take("<f4", n * k).reshape(n, k)
+        scores = take("<f8", n)
+        anomalous = take("u1", n).astype(bool)
+        inputs = take("<f4", n * d).reshape(n, d) if d else None
+        return cls(
+            head["model"], head["version"], head["t"], head["ids"], labels, confidences,
+            probabilities, scores, anomalous, inputs,
+        )  # fmt: skip
+
+    def records(self) -> list[PredictionRecord]:
+        probs = self.probabilities.tolist()
+        return [
+            PredictionRecord(
+                id=self.ids[i],
+                model=self.model,
+                version=self.version,
+                t=self.t,
+                label=int(self.labels[i]),
+                confidence=float(self.confidences[i]),
+                probabilities=tuple(probs[i]),
+                anomaly_score=float(self.anomaly_scores[i]),
+                anomalous=bool(self.anomalous[i]),
+            )
+            for i in range(len(self.ids))
+        ]
+
+
+def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
+    """Complete, checksummed records of ``path`` from ``offset``: (end offset, payload).
+
+    Stops at the first incomplete or damaged frame (a write still in progress, or the
+    torn tail of a process killed in the middle of a write whose response never left).
+    """
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        data = fh.read()
+    at = 0
+    while at + _FRAME.size <= len(data):
+        magic, length, crc = _FRAME.unpack_from(data, at)
+        end = at + _FRAME.size + length
+        if magic != MAGIC or end > len(data):
+            return
+        payload = data[at + _FRAME.size : end]
+        if zlib.crc32(payload) != crc:
+            return
+        at = end
+        yield offset + at, payload
+
+
+class Journal:
+    """This process's append-only journal file in ``directory``; rotates by size."""
+
+    def __init__(self, directory: Path, rotate_bytes: int = 4 << 20) -> None:
+        self.directory = Path(directory)
+        self.rotate_bytes = rotate_bytes
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._fd = -1
+        self._owner_fd = -1
+        self.path: Path | None = None
+        self._size = 0
+
+    def _open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"journal-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        path = self.directory / f"{name}.log"
+        owner = os.open(self.directory / f"{name}.owner", os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(owner, fcntl.LOCK_EX)  # held for this file's life: "owner alive"
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+        if self._fd >= 0 and self._pid == os.getpid():
+            os.close(self._fd)
+            fcntl.flock(self._owner_fd, fcntl.LOCK_UN)  # the old file may now be retired
+            os.close(self._owner_fd)
+        self._fd, self._owner_fd, self.path, self._size = fd, owner, path, 0
+        self._pid = os.getpid()
+
+    def append(self, frame: bytes) -> None:
+        with self._lock:
+            try:
+                if self._pid != os.getpid() or self._size >= self.rotate_bytes:
+                    self._open()  # first use, after fork, or rotation
+                written = os.write(self._fd, frame)
+            except OSError as exc:
+                raise StateError(f"prediction journal in {self.directory}: {exc}") from None
+            if written != len(frame):
+                raise StateError(f"prediction journal: short write ({written}/{len(frame)})")
+            self._size += written
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid() and self._fd >= 0:
+                os.close(self._fd)
+                fcntl.flock(self._owner_fd, fcntl.LOCK_UN)
+                os.close(self._owner_fd)
+            self._fd = self._owner_fd = -1
+            self._pid = -1
+
+
+class JournaledState:
+    """A ``StateStore`` whose prediction writes go through the journal (see module doc).
+
+    Every other method delegates to ``inner`` after ingesting pending journal records, so
+    reads see all answered predictions of this machine.
+    """
+
+    def __init__(
+        self,
+        inner: StateStore,
+        directory: Path,
+        *,
+        ingest_every: float = 0.2,
+        background: bool = False,
+    ) -> None:
+        self.inner = inner
+        self.options = inner.options
+        self.directory = Path(directory)
+        self.journal = Journal(self.directory)
+        self.ingest_every = ingest_every
+        self.dropped_duplicates = 0
+        self.last_ingest_error: StateError | None = None
+        self._offsets: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if background:
+            self.start()
+
+    # -- the hot path ----------------------------------------------------------------
+
+    def new_ids(self, n: int) -> list[str]:
+        return self.inner.new_ids(n)
+
+    def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
+        """Make ``batch`` durable; raises ``DuplicateIdError`` for ids already stored."""
+        if len(set(batch.ids)) != len(batch.ids):
+            raise ValueError("ids repeated within one batch")
+        if check_ids:
+            taken = sorted(self.lookup(list(batch.ids)))
+            if taken:
+                raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken)
+        if self.options.input_window == 0 and not self.options.store_inputs:
+            batch = PredictionBatch(**{**batch.__dict__, "inputs": None})
+        self.journal.append(batch.encode())
+
+    def record_predictions(
+        self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
+    ) -> None:
+        """The ``StateStore`` method: one batch per (model, version, t) group of records."""
+        if not records:
+            return
+        first = records[0]
+        if any((r.model, r.version) != (first.model, first.version) for r in records):
+            self.ingest()
+            self.inner.record_predictions(records, inputs)
+            return
+        self.record_batch(
+            PredictionBatch(
+                model=first.model,
+                version=first.version,
+                t=first.t,
+                ids=[r.id for r in records],
+                labels=np.array([r.label for r in records]),
+                confidences=np.array([r.confidence for r in records], dtype=np.float32),
+                probabilities=np.array([r.probabilities for r in records], dtype=np.float32),
+                anomaly_scores=np.array([r.anomaly_score for r in records]),
+                anomalous=np.array([r.anomalous for r in records]),
+                inputs=inputs,
+            )
+        )
+
+    # -- ingestion -------------------------------------------------------------------
+
+    def ingest(self) -> int:
+        """Move every complete journal record of this machine into ``inner``; rows moved."""
+        try:
+            names = sorted(p.name for p in self.directory.glob("journal-*.log"))
+        except OSError:
+            return 0
+        moved = 0
+        for name in names:
+            moved += self._ingest_file(self.directory / name)
+        return moved
+
+    def _ingest_file(self, path: Path) -> int:
+        stem = path.name[: -len(".log")]
+        lock_path = self.directory / f"{stem}.lock"
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        if self._offsets.get(path.name) == size and not self._orphan(stem):
+            return 0  # nothing new (fast path, no lock)
+        try:
+            lock = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        except OSError:
+            return 0
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not path.exists():
+                return 0
+            offset_path = self.directory / f"{stem}.offset"
+            offset = _read_offset(offset_path)
+            batches: list[PredictionBatch] = []
+            end = offset
+            for frame_end, payload in read_frames(path, offset):
+                batches.append(PredictionBatch.decode(payload))
+                end = frame_end
+            if batches:
+                self._store(batches)
+                _write_offset(offset_path, end)
+            self._offsets[path.name] = end
+            moved = sum(len(b.ids) for b in batches)
+            if self._orphan(stem):  # its writer is gone: anything after `end` is a torn tail
+                for suffix in (".log", ".offset", ".owner", ".lock"):
+                    (self.directory / f"{stem}{suffix}").unlink(missing_ok=True)
+                self._offsets.pop(path.name, None)
+            return moved
+        finally:
+            os.close(lock)
+
+    def _orphan(self, stem: str) -> bool:
+        """True when no process holds the journal's owner lock (its writer is gone)."""
+        owner_path = self.directory / f"{stem}.owner"
+        if self.journal.path is not None and self.journal.path.name == f"{stem}.log":
+            return False
+        try:
+            fd = os.open(owner_path, os.O_RDWR)
+        except FileNotFoundError:
+            return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)  # closing releases a lock we may have taken
+        return True
+
+    def _store(self, batches: list[PredictionBatch]) -> None:
+        groups: dict[tuple[str, str, bool], list[PredictionBatch]] = {}
+        for b in batches:
+            groups.setdefault((b.model, b.version, b.inputs is not None), []).append(b)
+        for group in groups.values():
+            records = [r for b in group for r in b.records()]
+            inputs = None
+            if group[0].inputs is not None:
+                inputs = np.concatenate([b.inputs for b in group if b.inputs is not None])
+            self._insert_skipping_duplicates(records, inputs)
+
+    def _insert_skipping_duplicates(
+        self, records: list[PredictionRecord], inputs: np.ndarray | None
+    ) -> None:
+        while records:
+            try:
+                self.inner.record_predictions(records, inputs)
+                return
+            except DuplicateIdError as exc:
+                taken = set(exc.ids)
+                keep = [i for i, r in enumerate(records) if r.id not in taken]
+                self.dropped_duplicates += len(records) - len(keep)
+                log.warning("journal: %d rows with ids already stored were skipped", len(taken))
+                records = [records[i] for i in keep]
+                inputs = None if inputs is None else inputs[keep]
+
+    def start(self) -> None:
+        """Ingest this process's journal in the background every ``ingest_every`` s."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="argus-journal", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.ingest_every):
+            try:
+                self.ingest()
+                self.last_ingest_error = None
+            except StateError as exc:
+                if str(exc) != str(self.last_ingest_error):
+                    log.error("journal ingestion failed, will retry: %s", exc)
+                self.last_ingest_error = exc
+            except Exception:  # keep the thread alive whatever one round did
+                log.exception("journal ingestion failed")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        try:
+            self.ingest()
+        except StateError as exc:
+            log.error("journal left for the next process to ingest: %s", exc)
+        self.journal.close()
+        self.inner.close()
+
+    # -- reads and everything else: ingest first, then delegate ----------------------
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, PredictionRecord]:
+        self.ingest()
+        return self.inner.lookup(ids)
+
+    def record_feedback(self, items: Sequence[tuple[str, int]], t: float) -> FeedbackResult:
+        self.ingest()
+        return self.inner.record_feedback(items, t)
+
+    def input_window(self, model: str, version: str, n: int) -> np.ndarray:
+        self.ingest()
+        return self.inner.input_window(model, version, n)
+
+    def prediction_window(self, model: str, version: str, n: int) -> PredictionWindow:
+        self.ingest()
+        return self.inner.prediction_window(model, version, n)
+
+    def labelled_window(self, model: str, version: str, m: int) -> LabelledWindow:
+        self.ingest()
+        return self.inner.labelled_window(model, version, m)
+
+    def counts(self, model: str, version: str) -> Counts:
+        self.ingest()
+        return self.inner.counts(model, version)
+
+    def prune(self, now: float) -> int:
+        self.ingest()
+        return self.inner.prune(now)
+
+    def get_live(self, model: str) -> str | None:
+        return self.inner.get_live(model)
+
+    def live_marker(self, model: str) -> LiveMarker:
+        return self.inner.live_marker(model)
+
+    def set_live(self, model: str, version: str, reason: str, t: float) -> None:
+        self.inner.set_live(model, version, reason, t)
+
+    def history(self, model: str) -> list[Switch]:
+        return self.inner.history(model)
+
+    def previous_live(self, model: str) -> str:
+        return self.inner.previous_live(model)
+
+    def rollback(self, model: str, t: float) -> str:
+        return self.inner.rollback(model, t)
+
+    def __enter__(self) -> JournaledState:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_journaled(
+    url: str | None, home: Path, *, background: bool = False, **options: object
+) -> JournaledState:
+    """``open_state(url, home, **options)`` behind this machine's journal in ``home/journal``.
+
+    Every process that reads or writes predictions (workers, CLI, tests, benchmarks) opens
+    the state this way, so reads see every answered prediction.
+    """
+    return JournaledState(
+        open_state(url, home, **options),
+        Path(home).expanduser() / "journal",
+        background=background,
+    )
+
+
+def _read_offset(path: Path) -> int:
+    try:
+        return int(path.read_text() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _write_offset(path: Path, offset: int) -> None:
+    tmp = path.with_suffix(".offset.tmp")
+    tmp.write_text(str(offset))
+    os.replace(tmp, path)
