@@ -7,11 +7,11 @@ deployments can share one Redis; ``:`` and ``%`` in model and version names are 
     {P}seq                 counter: arrival order of every logged row
     {P}log                 list of ids, oldest first: what ``prune`` walks
     {P}p:{id}              hash, one logged row: m, v, s (seq), w (packed t, label,
-                           confidence, anomaly score, flag, float32 probabilities),
+                           confidence, anomaly score, flag), q (float32 probabilities),
                            x (float32 inputs, optional), y, f, lm (once labelled)
     {P}v:{model}:{version}:p   list of the version's ids, oldest first
     {P}v:{model}:{version}:l   sorted set of labelled rows by feedback time; each member
-                               packs seq (the tie-break), t, label and true label
+                               packs seq (the tie-break), t, label, true label, feedback t
     {P}v:{model}:{version}:x   list: the input ring, float64 t + float32 row per entry
     {P}v:{model}:{version}:c   hash: lifetime counts p (predictions) and l (labelled)
     {P}rings               set of ring keys, for pruning by age
@@ -24,13 +24,18 @@ checks every id and then writes rows, indexes, counts and the ring in one round 
 without one, so of two processes labelling one id exactly one wins; ``set_live`` and
 ``rollback`` compare the history length before switching (optimistic: a rollback that
 lost a race re-reads the history and retries). A request that loses its connection is
-retried once; a random token stored with the batch makes that retry report the first
-attempt's outcome instead of a duplicate.
+retried once; a random token stored with the rows, labels or switch it wrote makes that
+retry report the first attempt's outcome (not a duplicate, not a second rollback).
 
 Retention: ``prune`` walks ``{P}log`` from the oldest row in chunks of ``_CHUNK`` rows per
 script (so Redis never blocks for long), dropping rows beyond the newest ``max_rows`` and
 rows older than ``retention_seconds`` up to the first one that is not, in arrival order
 like the SQLite backend; the input rings drop their leading rows older than that too.
+
+Memory: about 350 bytes per logged row (10 classes, inputs not logged) and 270 more once
+labelled, so the default ``max_rows`` of a million needs well under 1 GB; each input ring
+holds ``input_window`` rows of 4 bytes per feature. Values stay under 64 bytes where they
+can, so Redis keeps each row in its compact listpack encoding.
 
 Durability: a call returns once Redis has applied the script in memory, so a killed Argus
 process loses nothing it reported. What survives a Redis restart or a power loss depends
@@ -45,6 +50,8 @@ Redis Cluster is not supported (the scripts touch keys they derive); use one pri
 
 Failures (connection refused, timeout, read-only replica, maxmemory, a refused command)
 raise ``StateError`` naming the URL without its password; the next call reconnects.
+``busy_timeout`` is the connect and read timeout (at least 0.5 s). A call that times out
+may still have been applied: Redis runs the script even when its answer comes too late.
 """
 
 from __future__ import annotations
@@ -54,7 +61,6 @@ import operator
 import os
 import re
 import struct
-import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -67,6 +73,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from models.errors import StateError
+from monitoring import redis_lua as lua
 from monitoring.state import (
     ROLLBACK,
     Counts,
@@ -92,7 +99,433 @@ _PARKED: list[redis.ConnectionPool] = []  # inherited across fork: never used, n
 
 _W = struct.Struct("<dqddB")  # t, label, confidence, anomaly_score, anomalous
 _T = struct.Struct("<d")
-_TAIL = struct.Struct("<dqq")  # t, label, true label: a labelled member after its seq
+_TAIL = struct.Struct("<dqqd")  # a labelled member after its seq: t, label, true, feedback t
 _Q = struct.Struct("<q")
-_LABELLED = np.dtype([("seq", "S16"), ("t", "<f8"), ("label", "<i8"), ("true", "<i8")])
+_LABELLED = np.dtype(
+    [("seq", "S16"), ("t", "<f8"), ("label", "<i8"), ("true", "<i8"), ("feedback_t", "<f8")]
+)
 
+
+class _Connection:
+    """One process's pool, client and registered scripts."""
+
+    def __init__(self, url: str, options: StateOptions) -> None:
+        timeout = max(options.busy_timeout, _MIN_TIMEOUT)
+        self.pool = redis.ConnectionPool.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+            client_name=f"argus-{os.getpid()}",
+            socket_read_size=65536,  # window reads bring back megabytes
+        )
+        # Replies are bytes (no decode_responses); redis-py types them as bytes | str.
+        self.client: Any = redis.Redis(connection_pool=self.pool)
+        script = self.client.register_script
+        self.record = script(lua.RECORD)
+        self.feedback = script(lua.FEEDBACK)
+        self.window = script(lua.WINDOW)
+        self.last_zset = script(lua.LAST_ZSET)
+        self.prune = script(lua.PRUNE)
+        self.prune_rings = script(lua.PRUNE_RINGS)
+        self.switch = script(lua.SWITCH)
+
+
+class RedisState:
+    """``StateStore`` over the Redis at ``url`` (see the module docstring)."""
+
+    def __init__(
+        self, url: str, options: StateOptions | None = None, *, prefix: str | None = None
+    ) -> None:
+        self.options = options or StateOptions()
+        self.display_url = redact(url)
+        url, found = _split_prefix(url)
+        if found is not None and prefix is not None and found != prefix:
+            raise StateError(f"state url {self.display_url}: prefix given twice ({prefix!r})")
+        self.prefix = next((p for p in (found, prefix) if p is not None), DEFAULT_PREFIX)
+        self.last_prune_error: StateError | None = None
+        self._url = url
+        self._closed = False
+        self._reset(os.getpid())
+
+    def _reset(self, pid: int) -> None:
+        self._pid = pid
+        self._unpruned = 0
+        try:
+            self._conn = _Connection(self._url, self.options)
+        except (ValueError, TypeError) as exc:
+            raise StateError(f"state url {self.display_url}: {exc}") from None
+
+    # -- connections and errors ---------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        if self._closed:
+            raise StateError(f"state store {self.display_url} is closed")
+        pid = os.getpid()
+        if pid != self._pid:  # forked: park the parent's pool, make our own
+            _PARKED.append(self._conn.pool)
+            self._reset(pid)
+        return self._conn
+
+    @contextmanager
+    def _use(self, what: str) -> Iterator[_Connection]:
+        conn = self._connection()
+        try:
+            yield conn
+        except redis.RedisError as exc:
+            raise StateError(self._describe(what, exc)) from exc
+
+    def _describe(self, what: str, exc: redis.RedisError) -> str:
+        hint = ""
+        if isinstance(exc, redis.exceptions.ReadOnlyError):
+            hint = " (a read-only replica: point the URL at the primary)"
+        elif isinstance(exc, redis.TimeoutError):
+            hint = f" (no answer within {max(self.options.busy_timeout, _MIN_TIMEOUT)} s)"
+        elif isinstance(exc, redis.AuthenticationError):
+            hint = " (check the user and password in the URL)"
+        elif isinstance(exc, redis.ConnectionError):
+            hint = " (is redis-server running and reachable?)"
+        elif str(exc).startswith("OOM"):
+            hint = " (Redis reached maxmemory: raise it, or lower retention)"
+        return f"cannot {what} in the Redis state at {self.display_url}: {exc}{hint}"
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() != self._pid:
+            _PARKED.append(self._conn.pool)
+        else:
+            self._conn.pool.disconnect()
+
+    def __enter__(self) -> RedisState:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _version_key(self, model: str, version: str) -> str:
+        return f"{self.prefix}v:{_escape(model)}:{_escape(version)}:"
+
+    # -- predictions and feedback -------------------------------------------------------
+
+    def new_ids(self, n: int) -> list[str]:
+        return new_ids(n)
+
+    def record_predictions(
+        self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
+    ) -> None:
+        if not records:
+            return
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            repeated = sorted(i for i, c in Counter(ids).items() if c > 1)
+            raise ValueError(f"records: ids repeated within one call: {repeated[:5]}")
+        rows32: np.ndarray | None = None
+        if inputs is not None:
+            rows32 = np.ascontiguousarray(inputs, dtype=np.float32)
+            if rows32.ndim != 2 or len(rows32) != len(records):
+                raise ValueError(
+                    f"inputs: expected {len(records)} rows x features, got shape {rows32.shape}"
+                )
+        keys, args = self._record_arguments(records, rows32)
+        with self._use("record predictions") as conn:
+            result = conn.record(keys=keys, args=args, client=conn.client)
+        if result[0] == 1:
+            taken = sorted(i.decode() for i in result[1:])
+            raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken)
+        self._unpruned += len(records)
+        if self.options.prune_every and self._unpruned >= self.options.prune_every:
+            self._unpruned = 0
+            try:
+                self.prune(max(r.t for r in records))
+            except StateError as exc:  # the predictions are recorded: report, don't fail
+                self.last_prune_error = exc
+
+    def _record_arguments(
+        self, records: Sequence[PredictionRecord], rows32: np.ndarray | None
+    ) -> tuple[list[Any], list[Any]]:
+        log_inputs = self.options.store_inputs and rows32 is not None
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, r in enumerate(records):
+            groups[(r.model, r.version)].append(i)
+        number = {key: g for g, key in enumerate(groups, 1)}
+        p = self.prefix
+        keys: list[Any] = [p + "seq", p + "log", p + "rings"]
+        keys += [f"{p}p:{r.id}" for r in records]
+        args: list[Any] = [len(records), len(groups), self.options.input_window, os.urandom(8)]
+        for i, r in enumerate(records):
+            t, label = float(r.t), int(r.label)
+            w = _W.pack(t, label, float(r.confidence), float(r.anomaly_score), bool(r.anomalous))
+            q = np.asarray(r.probabilities, dtype=np.float32).tobytes()
+            flags, x, y, f, tail = "", b"", b"", b"", b""
+            if r.inputs is not None:
+                flags, x = "x", np.asarray(r.inputs, dtype=np.float32).tobytes()
+            elif log_inputs and rows32 is not None:
+                flags, x = "x", rows32[i].tobytes()
+            if r.true_label is not None:
+                flags += "y"
+                y = str(int(r.true_label)).encode()
+                f = b"" if r.feedback_t is None else repr(float(r.feedback_t)).encode()
+                feedback_t = np.nan if r.feedback_t is None else float(r.feedback_t)
+                tail = _TAIL.pack(t, label, int(r.true_label), feedback_t)
+            args += [r.id, number[(r.model, r.version)], w, q, flags, x, y, f, tail]
+        keep = self.options.input_window
+        for (model, version), index in groups.items():
+            base = self._version_key(model, version)
+            keys += [base + "p", base + "c", base + "x", base + "l"]
+            ring = []
+            if rows32 is not None and keep > 0:
+                ring = [_T.pack(float(records[i].t)) + rows32[i].tobytes() for i in index[-keep:]]
+            args += [model, version, len(ring), *ring]
+        return keys, args
+
+    def record_feedback(self, items: Sequence[tuple[str, int]], t: float) -> FeedbackResult:
+        checked = []
+        for position, (id_, label) in enumerate(items):
+            try:
+                checked.append((str(id_), operator.index(label)))
+            except TypeError:
+                raise ValueError(f"items[{position}]: label {label!r} is not an int") from None
+        first = dict(reversed(checked))  # the first label of each id
+        distinct = list(dict.fromkeys(id_ for id_, _ in checked))
+        outcome: dict[str, list[bytes]] = {}
+        if distinct:
+            args: list[Any] = [self.prefix, repr(float(t)), os.urandom(8), _T.pack(float(t))]
+            for id_ in distinct:
+                args += [first[id_], _Q.pack(first[id_])]
+            keys = [f"{self.prefix}p:{id_}" for id_ in distinct]
+            with self._use("record feedback") as conn:
+                replies = conn.feedback(keys=keys, args=args, client=conn.client)
+            outcome = dict(zip(distinct, replies, strict=True))
+        accepted: list[str] = []
+        unknown: list[str] = []
+        duplicate: list[str] = []
+        joined: list[FeedbackRecord] = []
+        seen: set[str] = set()
+        for id_, label in checked:
+            if id_ in seen:
+                duplicate.append(id_)
+                continue
+            seen.add(id_)
+            reply = outcome[id_]
+            if reply[0] == b"a":
+                t_pred, predicted = struct.unpack("<dq", reply[3])
+                accepted.append(id_)
+                model, version = reply[1].decode(), reply[2].decode()
+                joined.append(
+                    FeedbackRecord(id_, model, version, predicted, label, t_pred, float(t))
+                )
+            elif reply[0] == b"d":
+                duplicate.append(id_)
+            else:
+                unknown.append(id_)
+        return FeedbackResult(accepted, unknown, duplicate, joined)
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, PredictionRecord]:
+        wanted = list(dict.fromkeys(ids))
+        with self._use("look up predictions") as conn:
+            if not wanted:
+                return {}
+            pipe = conn.client.pipeline(transaction=False)
+            for id_ in wanted:
+                pipe.hmget(f"{self.prefix}p:{id_}", "m", "v", "w", "q", "x", "y", "f")
+            rows = pipe.execute()
+        return {id_: _record(id_, row) for id_, row in zip(wanted, rows, strict=True) if row[0]}
+
+    # -- windows ------------------------------------------------------------------------
+
+    def _last(self, what: str, script: str, key: str, n: int, item: str) -> tuple[int, bytes]:
+        """The last ``n`` entries under ``key`` as (width, concatenated bytes)."""
+        if n == 0:
+            return 0, b""
+        with self._use(what) as conn:
+            args: list[Any] = [n, self.prefix]
+            count, width, blob = getattr(conn, script)(keys=[key], args=args, client=conn.client)
+        if width < 0:
+            raise StateError(f"{item}: stored rows have different lengths")
+        return (int(width), blob) if count else (0, b"")
+
+    def input_window(self, model: str, version: str, n: int) -> np.ndarray:
+        n = _count(n, "n")
+        entries: list[bytes] = []
+        if n:
+            with self._use("read the input window") as conn:
+                entries = conn.client.lrange(self._version_key(model, version) + "x", -n, -1)
+        if not entries:
+            return np.empty((0, 0))
+        width = len(entries[0])
+        if any(len(e) != width for e in entries):
+            raise StateError(f"inputs of {model}:{version}: stored rows have different lengths")
+        d = (width - _T.size) // 4
+        rows = np.frombuffer(b"".join(entries), np.dtype([("t", "<f8"), ("x", "<f4", (d,))]))
+        return rows["x"].astype(np.float64).reshape(len(rows), d)
+
+    def prediction_window(self, model: str, version: str, n: int) -> PredictionWindow:
+        key = self._version_key(model, version) + "p"
+        what = f"probabilities of {model}:{version}"
+        width, blob = self._last("read the prediction window", "window", key, _count(n, "n"), what)
+        if not blob:
+            return PredictionWindow(
+                labels=np.empty(0, dtype=np.int64),
+                confidences=np.empty(0),
+                probabilities=np.empty((0, 0)),
+                anomaly_scores=np.empty(0),
+                anomalous=np.empty(0, dtype=bool),
+                t=np.empty(0),
+            )
+        k = (width - _W.size) // 4
+        rows = np.frombuffer(blob, _window_dtype(k))
+        return PredictionWindow(
+            labels=rows["label"].astype(np.int64),
+            confidences=rows["confidence"].astype(np.float64),
+            probabilities=rows["probabilities"].astype(np.float64).reshape(len(rows), k),
+            anomaly_scores=rows["score"].astype(np.float64),
+            anomalous=rows["anomalous"].astype(bool),
+            t=rows["t"].astype(np.float64),
+        )
+
+    def labelled_window(self, model: str, version: str, m: int) -> LabelledWindow:
+        key = self._version_key(model, version) + "l"
+        what = f"labels of {model}:{version}"
+        width, blob = self._last("read the labelled window", "last_zset", key, _count(m, "m"), what)
+        if blob and width != _LABELLED.itemsize:
+            raise StateError(f"{what}: stored entries are malformed")
+        rows = np.frombuffer(blob, _LABELLED)
+        return LabelledWindow(
+            predicted=rows["label"].astype(np.int64),
+            true=rows["true"].astype(np.int64),
+            t=rows["t"].astype(np.float64),
+            feedback_t=rows["feedback_t"].astype(np.float64),
+        )
+
+    def counts(self, model: str, version: str) -> Counts:
+        with self._use("read counts") as conn:
+            p, lab = conn.client.hmget(self._version_key(model, version) + "c", "p", "l")
+        return Counts(int(p or 0), int(lab or 0))
+
+    # -- live pointer -------------------------------------------------------------------
+
+    def get_live(self, model: str) -> str | None:
+        return self.live_marker(model).version
+
+    def live_marker(self, model: str) -> LiveMarker:
+        with self._use("read the live pointer") as conn:
+            version, serial = conn.client.hmget(
+                f"{self.prefix}live:{_escape(model)}", "version", "serial"
+            )
+        return LiveMarker(None if version is None else version.decode(), int(serial or 0))
+
+    def set_live(self, model: str, version: str, reason: str, t: float) -> None:
+        self._switch(model, version, reason, t, expected="")
+
+    def _switch(self, model: str, version: str, reason: str, t: float, expected: str) -> int:
+        keys = [f"{self.prefix}live:{_escape(model)}", f"{self.prefix}hist:{_escape(model)}"]
+        with self._use("set the live version") as conn:
+            args: list[Any] = [version, reason, repr(float(t)), expected, os.urandom(8).hex()]
+            return int(conn.switch(keys=keys, args=args, client=conn.client))
+
+    def history(self, model: str) -> list[Switch]:
+        with self._use("read the live history") as conn:
+            entries = conn.client.lrange(f"{self.prefix}hist:{_escape(model)}", 0, -1)
+        return [_switch_entry(e) for e in entries]
+
+    def previous_live(self, model: str) -> str:
+        return _target(model, self.history(model))
+
+    def rollback(self, model: str, t: float) -> str:
+        for _ in range(_SWITCH_TRIES):  # optimistic: retry if another switch came first
+            history = self.history(model)
+            target = _target(model, history)
+            if self._switch(model, target, ROLLBACK, t, expected=str(len(history))) >= 0:
+                return target
+        raise StateError(f"cannot roll back {model!r}: the live pointer keeps changing")
+
+    # -- retention ----------------------------------------------------------------------
+
+    def prune(self, now: float) -> int:
+        cutoff = repr(float(now) - self.options.retention_seconds)
+        removed = 0
+        with self._use("prune") as conn:
+            args: list[Any] = [cutoff, self.options.max_rows, _CHUNK, self.prefix]
+            while True:  # one chunk per script: other clients run between chunks
+                step = int(conn.prune(keys=[self.prefix + "log"], args=args, client=conn.client))
+                removed += step
+                if step < _CHUNK:
+                    break
+            conn.prune_rings(keys=[self.prefix + "rings"], args=[cutoff], client=conn.client)
+        return removed
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (in the userinfo or a ``password=`` query)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+        query = urlencode(
+            [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*:"
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return re.sub(r"//[^@/]*@", "//***@", url.partition("?")[0])
+
+
+def _split_prefix(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``prefix=`` query argument, and that argument (if any)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    found = [v for k, v in query if k == "prefix"]
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), (found[-1] if found else None)
+
+
+def _escape(name: str) -> str:
+    return name.replace("%", "%25").replace(":", "%3A")
+
+
+def _count(n: int, name: str) -> int:
+    n = operator.index(n)
+    if n < 0:
+        raise ValueError(f"{name} must be >= 0, got {n}")
+    return n
+
+
+def _window_dtype(k: int) -> np.dtype:
+    return np.dtype(
+        [("t", "<f8"), ("label", "<i8"), ("confidence", "<f8"), ("score", "<f8"),
+         ("anomalous", "u1"), ("probabilities", "<f4", (k,))]
+    )  # fmt: skip
+
+
+def _record(id_: str, row: list[Any]) -> PredictionRecord:
+    model, version, w, q, x, y, f = row
+    t, label, confidence, score, anomalous = _W.unpack_from(w)
+    return PredictionRecord(
+        id=id_,
+        model=model.decode(),
+        version=version.decode(),
+        t=t,
+        label=label,
+        confidence=confidence,
+        probabilities=tuple(np.frombuffer(q, np.float32).tolist()),
+        anomaly_score=score,
+        anomalous=bool(anomalous),
+        inputs=None if x is None else tuple(np.frombuffer(x, np.float32).tolist()),
+        true_label=None if y is None else int(y),
+        feedback_t=None if f is None else float(f),
+    )
+
+
+def _switch_entry(entry: bytes) -> Switch:
+    d = json.loads(entry)
+    return Switch(float(d["t"]), d["version"], d["previous"], d["reason"])
+
+
+def _target(model: str, history: list[Switch]) -> str:
+    target = rollback_target(history)
+    if target is None:
+        raise NoRollbackTargetError(f"model {model!r} has no earlier live version to roll back to")
+    return target

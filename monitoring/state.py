@@ -327,8 +327,9 @@ def open_state(url: str | None, home: Path, **options: object) -> StateStore:
 
     ``None`` or ``"sqlite://"`` selects the SQLite file ``home / "state.sqlite3"``;
     ``"sqlite:///abs/path.db"`` an absolute path, ``"sqlite://rel.db"`` a path relative to
-    ``home``; a ``?mode=ro`` suffix opens it read-only. ``"redis://..."`` is reserved for
-    the networked backend. ``options`` are the fields of ``StateOptions``.
+    ``home``; a ``?mode=ro`` suffix opens it read-only. ``"redis://[user:password@]host:port/db"``
+    (or ``rediss://``) selects the Redis backend; ``?prefix=name:`` namespaces its keys
+    (default ``argus:``). ``options`` are the fields of ``StateOptions``.
     """
     try:
         opts = StateOptions(**options)  # type: ignore[arg-type]
@@ -348,5 +349,12 @@ def open_state(url: str | None, home: Path, **options: object) -> StateStore:
         path = home / rest if rest else home / "state.sqlite3"
         return SQLiteState(path, opts, read_only=query == "mode=ro")
     if url.startswith("redis://") or url.startswith("rediss://"):
-        raise StateError("redis backend not available yet")
+        try:
+            from monitoring.redis_state import RedisState
+        except ImportError as exc:
+            raise StateError(
+                f"state url {url.split('://')[0]}://...: the Redis backend needs the redis "
+                f"package ({exc}): pip install 'redis>=5'"
+            ) from None
+        return RedisState(url, opts)
     raise StateError(f"state url {url!r}: unsupported scheme (use sqlite:// or redis://)")

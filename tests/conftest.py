@@ -55,3 +55,13 @@ def registered(outcome: TrainingOutcome, model_name: str) -> list[StoredVersion]
     from training.publish import publish
 
     return [publish(outcome, model_name), publish(outcome, model_name)]
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> object:
+    """One real ``redis-server`` on 127.0.0.1 for the session (``tests.redis_server``);
+    skips without redis-server or redis-py, fails instead under ``ARGUS_REQUIRE_REDIS=1``.
+    Share it safely by giving each test its own key prefix (``?prefix=`` in the URL)."""
+    from tests.redis_server import session_server
+
+    return session_server(request)

@@ -1,7 +1,10 @@
 """The shared state store: every backend runs the same tests through the ``backend`` fixture.
 
-Tests that start processes use the ``spawn`` start method, so children never inherit a
-parent's connection; their targets live at module level so the children can import them.
+``backend`` is SQLite in a temporary home, then Redis: one ``redis-server`` per session
+(tests/redis_server.py; skipped without it unless ``ARGUS_REQUIRE_REDIS=1``), each test
+under a key prefix of its own. Tests that start processes use the ``spawn`` start method,
+so children never inherit a parent's connection; their targets live at module level so the
+children can import them. Tests of one backend's failure modes come last.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import stat
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,9 @@ from models.errors import StateError
 from monitoring import sqlite_state
 from monitoring.sqlite_state import SCHEMA_VERSION, SQLiteState
 from monitoring.state import (
+    Counts,
     DuplicateIdError,
+    LiveMarker,
     NoRollbackTargetError,
     PredictionRecord,
     StateStore,
@@ -35,6 +41,14 @@ from monitoring.state import (
     new_ids,
     open_state,
 )
+from tests.redis_server import RedisServer, require_redis
+
+try:
+    from monitoring import redis_state
+    from monitoring.redis_state import RedisState
+except ImportError:  # the redis package is optional; its tests skip (or fail in CI)
+    redis_state = None  # type: ignore[assignment]
+    RedisState = None  # type: ignore[assignment,misc]
 
 SPAWN = mp.get_context("spawn")
 
@@ -49,9 +63,12 @@ class Backend:
         return open_state(self.url, self.home, **options)
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    # A Redis backend joins here: params=["sqlite", "redis"], url from a test server.
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = f"{server.url}?prefix=test-{uuid.uuid4().hex[:12]}:"
+        return Backend("redis", url, tmp_path / "home")
     return Backend(request.param, None, tmp_path / "home")
 
 
@@ -180,8 +197,14 @@ def test_open_state_selects_backend_and_path(tmp_path: Path) -> None:
     absolute = open_state(f"sqlite://{tmp_path}/abs.db", Path("/nonexistent"))
     assert isinstance(absolute, SQLiteState) and absolute.path == tmp_path / "abs.db"
     assert open_state("sqlite://", tmp_path, input_window=7).options.input_window == 7
-    with pytest.raises(StateError, match="redis backend not available yet"):
-        open_state("redis://localhost:6379/0", tmp_path)
+    if RedisState is None:
+        with pytest.raises(StateError, match="needs the redis package"):
+            open_state("redis://localhost:6379/0", tmp_path)
+    else:  # opening connects to nothing yet
+        remote = open_state("redis://:pw@localhost:1/3?prefix=prod:", tmp_path, max_rows=9)
+        assert isinstance(remote, RedisState) and remote.prefix == "prod:"
+        assert remote.options.max_rows == 9 and "pw" not in remote.display_url
+        assert open_state("rediss://h:6380/0", tmp_path).prefix == "argus:"  # type: ignore[attr-defined]
     with pytest.raises(StateError, match="unsupported scheme"):
         open_state("ftp://x", tmp_path)
     with pytest.raises(ValueError, match="unknown state option"):
@@ -319,6 +342,42 @@ def test_threads_share_a_store(store: StateStore) -> None:
     assert not errors and store.counts("m", "v1").predictions == 160
 
 
+def test_forked_child_opens_its_own_connection(backend: Backend) -> None:
+    store = backend.open()
+    record(store, 1)
+    parent_id = _client_id(store)
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's connection
+        try:
+            record(store, 2, t0=50.0)
+            ok = len(store.prediction_window("m", "v1", 10)) == 3
+            os._exit(0 if ok and _client_id(store) != parent_id else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    record(store, 1, t0=90.0)  # the parent's connection still works
+    assert len(store.prediction_window("m", "v1", 10)) == 4
+    assert _client_id(store) == parent_id
+
+
+def _client_id(store: StateStore) -> object:
+    if RedisState is not None and isinstance(store, RedisState):
+        return store._connection().client.client_id()  # the server's id of our connection
+    return id(getattr(store._local, "conn", None))  # type: ignore[attr-defined]
+
+
+def test_closed_store_refuses_use(backend: Backend) -> None:
+    store = backend.open()
+    store.get_live("m")
+    store.close()
+    store.close()  # twice is fine
+    with pytest.raises(StateError, match="closed"):
+        store.get_live("m")
+    if backend.name == "sqlite":
+        assert stat.S_ISREG((backend.home / "state.sqlite3").stat().st_mode)
+
+
 # -- windows --------------------------------------------------------------------------------
 
 
@@ -373,10 +432,16 @@ def test_input_window_is_a_bounded_ring_per_version(backend: Backend) -> None:
     off = backend.open(input_window=0)
     record(off, 3, version="v5")
     assert off.input_window("m", "v5", 100).shape == (0, 0)
-    if isinstance(store, SQLiteState):  # the privacy bound: no more raw rows exist at all
+    per_version: dict[str, int] = {}  # the privacy bound: no more raw rows exist at all
+    if isinstance(store, SQLiteState):
         with sqlite3.connect(store.path) as db:
             per_version = dict(db.execute("SELECT version, COUNT(*) FROM inputs GROUP BY 1"))
-        assert per_version == {"v1": 5, "v2": 2, "v4": 3}
+    elif RedisState is not None and isinstance(store, RedisState):
+        client = store._connection().client
+        for key in client.scan_iter(f"{store.prefix}*"):
+            if client.type(key) == b"list" and key.endswith(b":x"):
+                per_version[key.decode().split(":")[-2]] = client.llen(key)
+    assert per_version == {"v1": 5, "v2": 2, "v4": 3}
 
 
 def test_input_window_read_is_fast(backend: Backend) -> None:
@@ -428,6 +493,37 @@ def test_rollback_after_reactivating_an_old_version(store: StateStore) -> None:
     assert store.rollback("m", t=6.0) == "A"
 
 
+def test_names_with_separators_stay_apart(store: StateStore) -> None:
+    odd = record(store, 2, model="m:1%", version="v:2")
+    plain = record(store, 1, model="m", version="1%:v:2")
+    result = store.record_feedback([(odd[0].id, 1), (plain[0].id, 2)], t=2000.0)
+    assert [(r.model, r.version) for r in result.accepted_records] == [
+        ("m:1%", "v:2"),
+        ("m", "1%:v:2"),
+    ]
+    assert store.counts("m:1%", "v:2") == Counts(2, 1)
+    assert store.counts("m", "1%:v:2") == Counts(1, 1)
+    assert store.labelled_window("m:1%", "v:2", 10).true.tolist() == [1]
+    assert len(store.prediction_window("m:1%", "v:2", 10)) == 2
+    assert store.input_window("m", "1%:v:2", 10).shape == (1, 4)
+    store.set_live("m:1%", "v:2", reason="activate", t=1.0)
+    assert store.get_live("m:1%") == "v:2" and store.get_live("m") is None
+
+
+def test_records_may_arrive_labelled(store: StateStore) -> None:
+    records = make_records(store.new_ids(3))
+    records[0] = replace(records[0], true_label=2, feedback_t=1500.0)
+    records[2] = replace(records[2], true_label=0)  # a label without a time
+    store.record_predictions(records)
+    assert store.counts("m", "v1") == Counts(3, 2)
+    window = store.labelled_window("m", "v1", 10)
+    assert window.true.tolist() == [0, 2]  # no feedback time sorts as the oldest
+    assert np.isnan(window.feedback_t[0]) and window.feedback_t[1] == 1500.0
+    assert store.lookup([records[0].id])[records[0].id] == records[0]
+    result = store.record_feedback([(records[0].id, 1), (records[1].id, 1)], t=1600.0)
+    assert result.duplicate_ids == [records[0].id] and result.accepted == [records[1].id]
+
+
 # -- retention ------------------------------------------------------------------------------
 
 
@@ -449,6 +545,8 @@ def test_prune_by_row_count_keeps_the_newest(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sqlite_state, "_CHUNK", 1)  # SQLite deletes in chunks of 20 rows
+    if redis_state is not None:
+        monkeypatch.setattr(redis_state, "_CHUNK", 7)  # Redis: 7 rows per script
     store = backend.open(max_rows=20, prune_every=0)
     records = record(store, 50, t0=1000.0)
     assert store.prune(now=1000.0) == 30
@@ -463,7 +561,7 @@ def test_writers_prune_every_n_rows(backend: Backend) -> None:
     assert len(store.prediction_window("m", "v1", 100)) == 10
 
 
-# -- SQLite specifics: failures, schema, fork -----------------------------------------------
+# -- SQLite specifics: read-only, locks, schema ---------------------------------------------
 
 
 def test_read_only_url_can_read_but_not_write(tmp_path: Path) -> None:
@@ -515,26 +613,91 @@ def test_newer_schema_or_foreign_file_is_refused(tmp_path: Path) -> None:
         open_state("sqlite://junk.db", tmp_path).get_live("m")
 
 
-def test_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
-    store = open_state(None, tmp_path)
+# -- Redis specifics: prefixes, failures, retries -------------------------------------------
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A server of the test's own, free to break (stop, read-only, maxmemory, password)."""
+    with RedisServer(require_redis()) as server:
+        yield server
+
+
+def test_redis_prefixes_keep_deployments_apart(redis_server: RedisServer, tmp_path: Path) -> None:
+    a = open_state(f"{redis_server.url}?prefix=a-{uuid.uuid4().hex}:", tmp_path)
+    b = open_state(f"{redis_server.url}?prefix=b-{uuid.uuid4().hex}:", tmp_path)
+    ids = [r.id for r in record(a, 3)]
+    a.set_live("m", "v1", reason="activate", t=1.0)
+    assert b.lookup(ids) == {} and b.counts("m", "v1") == Counts(0, 0)
+    assert b.get_live("m") is None and b.record_feedback([(ids[0], 1)], 2.0).unknown_ids
+    assert isinstance(a, RedisState)
+    client = a._connection().client
+    assert all(k.startswith(a.prefix.encode()) for k in client.scan_iter(f"{a.prefix}*"))
+
+
+def test_redis_failures_raise_state_error_then_recover(
+    own_redis: RedisServer, tmp_path: Path
+) -> None:
+    import redis
+
+    host = f"127.0.0.1:{own_redis.port}"
+    store = open_state(own_redis.url, tmp_path, busy_timeout=0.5)
     record(store, 1)
-    pid = os.fork()
-    if pid == 0:  # child: must not reuse the parent's connection
-        try:
-            record(store, 2, t0=50.0)
-            os._exit(0 if len(store.prediction_window("m", "v1", 10)) == 3 else 1)
-        except BaseException:
-            os._exit(2)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    record(store, 1, t0=90.0)  # the parent's connection still works
-    assert len(store.prediction_window("m", "v1", 10)) == 4
+    own_redis.stop()
+    with pytest.raises(StateError, match=f"Redis state at redis://{host}/0.*reachable"):
+        record(store, 1)
+    own_redis.start()  # same port, empty dataset: the next call reconnects
+    record(store, 1)
+    admin = redis.Redis(port=own_redis.port)
+    admin.replicaof("127.0.0.1", 1)  # a replica of nothing: read-only
+    with pytest.raises(StateError, match="read-only replica"):
+        store.set_live("m", "v1", reason="activate", t=1.0)
+    assert store.counts("m", "v1").predictions == 1  # reads go on
+    admin.replicaof("NO", "ONE")
+    admin.config_set("maxmemory", 1)
+    with pytest.raises(StateError, match="maxmemory"):
+        record(store, 1)
+    admin.config_set("maxmemory", 0)
+    record(store, 1)
+    assert store.counts("m", "v1").predictions == 2
+    admin.config_set("requirepass", "s3cret")
+    good = open_state(f"redis://:s3cret@{host}/0", tmp_path)
+    assert good.counts("m", "v1").predictions == 2
+    with pytest.raises(StateError) as info:
+        open_state(f"redis://user:wrong-pw@{host}/0?password=wrong-pw", tmp_path).get_live("m")
+    assert "wrong-pw" not in str(info.value) and host in str(info.value)
+    assert "check the user and password" in str(info.value)
+    good.close()
 
 
-def test_closed_store_refuses_use(tmp_path: Path) -> None:
-    store = open_state(None, tmp_path)
-    store.get_live("m")
-    store.close()
-    with pytest.raises(StateError, match="closed"):
-        store.get_live("m")
-    assert stat.S_ISREG((tmp_path / "state.sqlite3").stat().st_mode)
+def test_redis_retried_writes_report_the_first_outcome(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = open_state(f"{redis_server.url}?prefix=retry-{uuid.uuid4().hex}:", tmp_path)
+    assert isinstance(store, RedisState)
+    records = make_records(store.new_ids(2))
+    keys, args = store._record_arguments(records, np.ones((2, 3), dtype=np.float32))
+    conn = store._connection()
+    for _ in range(2):  # the same call twice (the second is the retry): applied once
+        assert conn.record(keys=keys, args=args, client=conn.client) == [0]
+    assert store.counts("m", "v1").predictions == 2
+    assert store.input_window("m", "v1", 10).shape == (2, 3)
+    with pytest.raises(DuplicateIdError):  # a new call with the same ids is a duplicate
+        store.record_predictions(records)
+    monkeypatch.setattr(os, "urandom", lambda n: b"\x01" * n)  # one token for two calls
+    first = store.record_feedback([(records[0].id, 1)], t=5.0)
+    retry = store.record_feedback([(records[0].id, 1)], t=5.0)
+    assert first.accepted == retry.accepted == [records[0].id]
+    assert store.counts("m", "v1").labelled == 1
+    monkeypatch.undo()
+    assert store.record_feedback([(records[0].id, 1)], t=6.0).duplicate_ids == [records[0].id]
+    store.set_live("m", "A", reason="activate", t=1.0)  # a rollback that lost a race:
+    assert store._switch("m", "B", "rollback", 2.0, expected="0") == -1  # nothing changes
+    assert store.live_marker("m") == LiveMarker("A", 1) and len(store.history("m")) == 1
+    for version in "BC":
+        store.set_live("m", version, reason="activate", t=2.0)
+    monkeypatch.setattr(os, "urandom", lambda n: b"\x02" * n)
+    for _ in range(2):  # a rollback sent twice (the retry) is still one rollback
+        assert store._switch("m", "B", "rollback", 3.0, expected="3") == 1
+    assert store.get_live("m") == "B" and len(store.history("m")) == 4
+    assert store.rollback("m", t=4.0) == "A"
