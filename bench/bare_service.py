@@ -1,0 +1,61 @@
+"""A bare BentoML service over the same ``model.onnx``: the baseline of ``bench/serving.py``.
+
+No monitoring, no prediction log, no validation beyond BentoML's own schema: onnxruntime
+and JSON in and out. Settings come from the environment:
+
+* ``BARE_MODEL_PATH`` (required) -- the ``model.onnx`` to serve;
+* ``BARE_WORKERS`` (default 2) -- worker processes; onnxruntime gets cores // workers
+  intra-op threads per worker, like Argus.
+
+Run from the repo root, with a ``BENTOML_HOME`` of its own::
+
+    BARE_MODEL_PATH=.../model.onnx python -m bentoml serve bench.bare_service:Bare --port 3001
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import bentoml
+import numpy as np
+import onnxruntime as ort
+
+WORKERS = max(1, int(os.environ.get("BARE_WORKERS", "2")))
+
+
+@bentoml.service(
+    name="bare",
+    workers=WORKERS,
+    traffic={"timeout": 60},
+    logging={"access": {"enabled": False}},
+)
+class Bare:
+    """Serve one ONNX classifier: labels, confidences and probabilities per row."""
+
+    def __init__(self) -> None:
+        path = os.environ["BARE_MODEL_PATH"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, (os.cpu_count() or 1) // WORKERS)
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            path, sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    @bentoml.api
+    async def predict(self, instances: list[list[float]]) -> dict[str, Any]:
+        X = np.asarray(instances, dtype=np.float32)
+        (probabilities,) = self.session.run([self.output_name], {self.input_name: X})
+        labels = probabilities.argmax(axis=1)
+        confidences = probabilities[np.arange(len(labels)), labels]
+        return {
+            "model": "bare",
+            "predictions": [
+                {"label": label, "confidence": confidence, "probabilities": row}
+                for label, confidence, row in zip(
+                    labels.tolist(), confidences.tolist(), probabilities.tolist(), strict=True
+                )
+            ],
+        }
