@@ -230,6 +230,8 @@ class JournaledState:
     reads see all answered predictions of this machine.
     """
 
+    fast_writes = True  # record_batch is one local write: fine on the event loop
+
     def __init__(
         self,
         inner: StateStore,
@@ -473,19 +475,49 @@ class JournaledState:
         self.close()
 
 
-def open_journaled(
-    url: str | None, home: Path, *, background: bool = False, **options: object
-) -> JournaledState:
-    """``open_state(url, home, **options)`` behind this machine's journal in ``home/journal``.
+class WriteThroughState:
+    """The same surface as ``JournaledState`` for a networked backend (Redis).
 
-    Every process that reads or writes predictions (workers, CLI, tests, benchmarks) opens
-    the state this way, so reads see every answered prediction.
+    Replicas on different machines cannot read each other's journal files, so a
+    prediction must reach the shared store before its response leaves: ``record_batch``
+    writes through (one round trip: the backend batches a request's rows in one script).
     """
-    return JournaledState(
-        open_state(url, home, **options),
-        Path(home).expanduser() / "journal",
-        background=background,
-    )
+
+    fast_writes = False
+
+    def __init__(self, inner: StateStore) -> None:
+        self.inner = inner
+        self.options = inner.options
+
+    def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
+        if self.options.input_window == 0 and not self.options.store_inputs:
+            batch = PredictionBatch(**{**batch.__dict__, "inputs": None})
+        self.inner.record_predictions(batch.records(), batch.inputs)
+
+    def ingest(self) -> int:
+        return 0
+
+    def start(self) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def open_shared_state(
+    url: str | None, home: Path, *, background: bool = False, **options: object
+) -> JournaledState | WriteThroughState:
+    """The shared state as every process that records or reads predictions opens it.
+
+    SQLite (one machine): ``open_state`` behind this machine's journal in ``home/journal``,
+    so the hot path appends to a file and every reader ingests first. Redis (replicas on
+    several machines): write-through, so every replica sees a prediction as soon as it
+    is answered.
+    """
+    inner = open_state(url, home, **options)
+    if url is not None and not url.startswith("sqlite://"):
+        return WriteThroughState(inner)
+    return JournaledState(inner, Path(home).expanduser() / "journal", background=background)
 
 
 def _read_offset(path: Path) -> int:

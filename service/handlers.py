@@ -16,13 +16,15 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 from argus.settings import Settings
 from models import store
 from models.errors import ModelNotFoundError, ModelVerificationError, StateError
-from monitoring.journal import JournaledState, PredictionBatch
+from monitoring.journal import JournaledState, PredictionBatch, WriteThroughState
 from monitoring.state import DuplicateIdError, NoRollbackTargetError
 from service.metrics import ServiceMetrics, observe_many
-from service.runtime import LoadedVersion, ModelRuntime
+from service.runtime import LoadedVersion, ModelRuntime, Prediction
 from service.validation import (
     RequestError,
     check_labels,
@@ -40,7 +42,7 @@ class ArgusCore:
     def __init__(
         self,
         settings: Settings,
-        state: JournaledState,
+        state: JournaledState | WriteThroughState,
         runtime: ModelRuntime,
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.time,
@@ -60,6 +62,7 @@ class ArgusCore:
         client_ids = parse_ids(ids, len(X))
         started = time.perf_counter()
         pred = live.predict(X)
+        _check_finite_output(pred)
         self.metrics.inference_duration.labels(live.name, live.version).observe(
             time.perf_counter() - started
         )
@@ -108,16 +111,28 @@ class ArgusCore:
     async def _record(self, batch: PredictionBatch, check_ids: bool) -> None:
         """Make the predictions durable before the response leaves.
 
-        The journal append is one small write, done inline; checking client ids against
-        the log reads the store, so that runs in a thread. A duplicate client id is the
-        client's error (409). A failing store is not: the prediction is still answered
-        (availability over monitoring completeness), the failure is counted and logged.
+        A journal append is one small local write, done inline; checking client ids
+        against the log, or writing through to a networked store, runs in a thread. A
+        duplicate client id is the client's error (409). A failing store is not: the
+        prediction is still answered (availability over monitoring completeness), the
+        failure is counted and logged.
         """
         try:
             if check_ids:
-                await asyncio.to_thread(self.state.record_batch, batch, True)
-            else:
+                try:
+                    await asyncio.to_thread(self.state.record_batch, batch, True)
+                    return
+                except DuplicateIdError:
+                    raise
+                except StateError as exc:
+                    # the store cannot check the ids now: record the rows all the same (a
+                    # journaled id that turns out taken is dropped at ingestion)
+                    self.metrics.state_errors.labels("lookup").inc()
+                    log.error("client ids not checked against the log, recording anyway: %s", exc)
+            if self.state.fast_writes:
                 self.state.record_batch(batch, check_ids=False)
+            else:
+                await asyncio.to_thread(self.state.record_batch, batch, False)
         except DuplicateIdError as exc:
             raise RequestError(409, "duplicate_ids", str(exc)) from None
         except StateError as exc:
@@ -261,3 +276,18 @@ class ArgusCore:
         given = authorization[len("Bearer ") :].strip().encode()
         if not hmac.compare_digest(given, token.encode()):
             raise RequestError(403, "forbidden", "the bearer token is not valid")
+
+
+def _check_finite_output(pred: Prediction) -> None:
+    """Refuse rows the model cannot score: finite float32 inputs of huge magnitude (say
+    3e38) overflow inside the graph to NaN probabilities, which would answer a made-up
+    label and could not be logged (NaN is no number for the log or the windows)."""
+    finite = np.isfinite(pred.probabilities).all(axis=1) & np.isfinite(pred.anomaly_scores)
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise RequestError(
+            400,
+            "not_finite",
+            f"row {i}: the model's output is not finite for these values "
+            "(features far outside the range it was trained on)",
+        )

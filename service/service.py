@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from argus.settings import Settings
 from models.errors import StateError
-from monitoring.journal import open_journaled
+from monitoring.journal import open_shared_state
 from service.exposition import MetricsExposition
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
@@ -97,7 +97,7 @@ class Argus:
         global _CORE, _EXPOSITION
         settings = Settings.from_env()
         settings.apply_bentoml_home()
-        state = open_journaled(
+        state = open_shared_state(
             settings.state_url,
             settings.home,
             background=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitoring.journal import JournaledState, PredictionBatch, open_journaled, read_frames
+from monitoring.journal import JournaledState, PredictionBatch, open_shared_state, read_frames
 from monitoring.state import DuplicateIdError
 
 
@@ -73,8 +73,8 @@ def test_a_torn_or_damaged_tail_is_not_read() -> None:
 
 
 def test_a_recorded_batch_is_visible_to_another_reader(tmp_path: Path) -> None:
-    writer = open_journaled(None, tmp_path)
-    reader = open_journaled(None, tmp_path)
+    writer = open_shared_state(None, tmp_path)
+    reader = open_shared_state(None, tmp_path)
     b = batch(["a", "b"])
     writer.record_batch(b, check_ids=False)
     found = reader.lookup(["a", "b", "zzz"])
@@ -90,18 +90,18 @@ def test_a_recorded_batch_is_visible_to_another_reader(tmp_path: Path) -> None:
 
 
 def test_reingesting_after_a_lost_offset_changes_nothing(tmp_path: Path) -> None:
-    state = open_journaled(None, tmp_path)
+    state = open_shared_state(None, tmp_path)
     state.record_batch(batch(["a", "b", "c"]), check_ids=False)
     assert state.counts("m", "v1").predictions == 3
     for offset in (tmp_path / "journal").glob("*.offset"):
         offset.unlink()  # as if the process died between the insert and saving progress
-    fresh = open_journaled(None, tmp_path)
+    fresh = open_shared_state(None, tmp_path)
     assert fresh.counts("m", "v1").predictions == 3
     assert fresh.dropped_duplicates == 3  # seen again, recognised by id, skipped
 
 
 def test_the_same_new_id_from_two_writers_is_kept_once(tmp_path: Path) -> None:
-    a, b = open_journaled(None, tmp_path), open_journaled(None, tmp_path)
+    a, b = open_shared_state(None, tmp_path), open_shared_state(None, tmp_path)
     a.record_batch(batch(["x", "a1"], seed=1), check_ids=False)
     b.record_batch(batch(["x", "b1"], seed=2), check_ids=False)
     assert set(a.lookup(["x", "a1", "b1"])) == {"x", "a1", "b1"}
@@ -110,7 +110,7 @@ def test_the_same_new_id_from_two_writers_is_kept_once(tmp_path: Path) -> None:
 
 
 def _child(home: str, conn: object) -> None:
-    state = open_journaled(None, Path(home))
+    state = open_shared_state(None, Path(home))
     i = 0
     while True:
         ids = [f"k{i}-{j}" for j in range(3)]
@@ -131,7 +131,7 @@ def test_sigkill_right_after_a_write_loses_nothing(tmp_path: Path) -> None:
     proc.join()
     while parent.poll():
         reported.extend(parent.recv())
-    state = open_journaled(None, tmp_path)
+    state = open_shared_state(None, tmp_path)
     found = state.lookup(reported)
     assert len(found) == len(reported)
     # the dead writer's journal was ingested and removed
@@ -139,7 +139,7 @@ def test_sigkill_right_after_a_write_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_rotation_retires_old_files(tmp_path: Path) -> None:
-    state = open_journaled(None, tmp_path)
+    state = open_shared_state(None, tmp_path)
     state.journal.rotate_bytes = 1000
     for i in range(20):
         state.record_batch(batch([f"r{i}-{j}" for j in range(4)], seed=i), check_ids=False)
@@ -151,7 +151,7 @@ def test_rotation_retires_old_files(tmp_path: Path) -> None:
 
 def test_background_ingestion_and_close(tmp_path: Path) -> None:
     state = JournaledState(
-        open_journaled(None, tmp_path).inner, tmp_path / "journal", ingest_every=0.05
+        open_shared_state(None, tmp_path).inner, tmp_path / "journal", ingest_every=0.05
     )
     state.start()
     state.record_batch(batch(["a"]), check_ids=False)

@@ -16,7 +16,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from models.store import StoredVersion
-from monitoring.journal import open_journaled
+from monitoring.journal import open_shared_state
 from tests.harness import ArgusServer, seed_store
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_sigkill_of_a_worker_loses_no_answered_prediction(server: ArgusServer) -
     assert victim not in server.worker_pids() and len(server.worker_pids()) == 2
     with server.client() as c:
         assert c.post("/predict", json={"instances": rows(1)}).status_code == 200
-    state = open_journaled(None, server.home)
+    state = open_shared_state(None, server.home)
     found = state.lookup(answered)
     missing = set(answered) - set(found)
     print(f"\nSIGKILL: {len(answered)} rows answered, {failures} requests cut, {len(missing)} lost")
