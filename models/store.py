@@ -135,6 +135,17 @@ def list_versions(name: str) -> list[StoredVersion]:
     return sorted(versions, key=lambda v: v.creation_time)
 
 
+def store_marker(name: str) -> int:
+    """Changes whenever a version of ``name`` is added or removed (the folder's mtime).
+
+    Cheap to poll, unlike ``list_versions``, which parses every version's metadata.
+    """
+    try:
+        return (_store_root() / "models" / name).stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
 def newest(name: str) -> StoredVersion | None:
     versions = list_versions(name)
     return versions[-1] if versions else None

@@ -520,14 +520,25 @@ def open_shared_state(
     return JournaledState(inner, Path(home).expanduser() / "journal", background=background)
 
 
+_OFFSET = struct.Struct("<Q")
+
+
 def _read_offset(path: Path) -> int:
     try:
-        return int(path.read_text() or 0)
-    except (FileNotFoundError, ValueError):
+        data = path.read_bytes()
+    except FileNotFoundError:
         return 0
+    return _OFFSET.unpack(data)[0] if len(data) == _OFFSET.size else 0
 
 
 def _write_offset(path: Path, offset: int) -> None:
-    tmp = path.with_suffix(".offset.tmp")
-    tmp.write_text(str(offset))
-    os.replace(tmp, path)
+    """Overwrite the 8-byte progress in place: one pwrite, no rename, no new inode.
+
+    A lost or stale offset only makes the next reader re-ingest records it will skip
+    by id, so a plain in-place write is enough.
+    """
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
+    try:
+        os.pwrite(fd, _OFFSET.pack(offset), 0)
+    finally:
+        os.close(fd)

@@ -92,6 +92,7 @@ class ModelRuntime:
         self._live: LoadedVersion | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        self._newest: tuple[int, str] | None = None  # (store marker, newest version)
 
     @property
     def live(self) -> LoadedVersion:
@@ -108,12 +109,15 @@ class ModelRuntime:
         version = self._live_version()
         if version is not None:
             return version
-        newest = store.newest(self.name)
-        if newest is None:
-            raise ModelNotFoundError(
-                f"the store holds no version of {self.name}: run `argus train` first"
-            )
-        return newest.version
+        marker = store.store_marker(self.name)  # re-list the store only when it changed
+        if self._newest is None or self._newest[0] != marker:
+            newest = store.newest(self.name)
+            if newest is None:
+                raise ModelNotFoundError(
+                    f"the store holds no version of {self.name}: run `argus train` first"
+                )
+            self._newest = (marker, newest.version)
+        return self._newest[1]
 
     def load(self, version: str) -> LoadedVersion:
         """Load (or take from the cache) ``version``; raises if it fails to verify or load."""
