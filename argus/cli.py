@@ -115,6 +115,38 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw /monitoring JSON")
     status.set_defaults(func=cmd_status)
 
+    sim = sub.add_parser(
+        "simulate", help="send synthetic digits traffic (and late labels) to a running server"
+    )
+    sim.add_argument("--url", default=None, help="server URL (default http://HOST:PORT)")
+    sim.add_argument(
+        "--scenario", default="clean", choices=["clean", "drift", "anomaly", "prior-shift"]
+    )
+    sim.add_argument("--rate", type=float, default=20.0, help="requests per second (default 20)")
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds of traffic (default 60)")
+    sim.add_argument("--max-requests", type=int, help="stop after this many requests")
+    sim.add_argument("--batch", type=int, default=8, help="rows per request (default 8)")
+    sim.add_argument(
+        "--label-delay", type=float, default=5.0, help="seconds before a label is sent (default 5)"
+    )
+    sim.add_argument(
+        "--label-fraction",
+        type=float,
+        default=0.5,
+        help="share of predictions that get their true label (default 0.5)",
+    )
+    sim.add_argument(
+        "--invalid-fraction",
+        type=float,
+        default=0.0,
+        help="share of requests sent with a malformed row, refused with a 400 (default 0)",
+    )
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument(
+        "--allow-remote", action="store_true", help="allow a URL that is not a loopback address"
+    )
+    sim.set_defaults(func=cmd_simulate)
+
     serve = sub.add_parser("serve", help="serve the live version over HTTP")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 3000)")
@@ -155,6 +187,31 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(render_status(snapshot, top=args.top))
     return 0
+
+
+# -- simulate --------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from argus.simulate import simulate
+
+    url = args.url or f"http://{settings.host}:{settings.port}"
+    result = simulate(
+        url,
+        args.scenario,
+        rate=args.rate,
+        duration=args.duration,
+        max_requests=args.max_requests,
+        batch=args.batch,
+        label_delay=args.label_delay,
+        label_fraction=args.label_fraction,
+        invalid_fraction=args.invalid_fraction,
+        seed=args.seed,
+        allow_remote=args.allow_remote,
+        out=sys.stderr,
+    )
+    print(result.summary())
+    return 130 if result.interrupted else 0
 
 
 # -- serve -----------------------------------------------------------------------------
