@@ -58,6 +58,14 @@ class ServiceMetrics:
         )
 
 
+STATE_OPERATIONS = ("record", "lookup", "feedback", "switch")
+KNOWN_REASONS = (
+    "schema", "bad_type", "empty_batch", "too_many_rows", "row_length", "not_numeric",
+    "not_finite", "bad_ids", "duplicate_ids", "bad_label", "body_too_large",
+    "unsupported_media_type", "unknown_version", "unverifiable_version", "unauthorized",
+    "forbidden", "admin_disabled", "no_previous_version",
+)  # fmt: skip
+
 _METRICS: ServiceMetrics | None = None
 
 
@@ -66,6 +74,11 @@ def get_metrics() -> ServiceMetrics:
     global _METRICS
     if _METRICS is None:
         _METRICS = ServiceMetrics()
+        # series that exist from the start read 0, not "no data", until the first event
+        for operation in STATE_OPERATIONS:
+            _METRICS.state_errors.labels(operation)
+        for reason in KNOWN_REASONS:
+            _METRICS.invalid_requests.labels(reason)
     return _METRICS
 
 

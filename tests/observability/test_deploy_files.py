@@ -310,7 +310,6 @@ def test_paths_exist() -> None:
         "grafana/dashboards/argus.json",
         "grafana/provisioning/datasources/prometheus.yml",
         "grafana/provisioning/dashboards/argus.yml",
-        "grafana/README-section.md",
         "prometheus/prometheus.yml",
         "prometheus/rules/argus-alerts.yml",
         "prometheus/rules/argus-recording.yml",
