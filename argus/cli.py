@@ -101,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", required=True)
     p.add_argument("--name")
     p.set_defaults(func=cmd_models_register_onnx)
+    p = msub.add_parser(
+        "sync", help="import the versions this store lacks from the shared model source"
+    )
+    p.add_argument("--from", dest="source", type=Path, help="folder (default ARGUS_MODEL_SOURCE)")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_models_sync)
     p = msub.add_parser("activate", help="make a version live (running servers follow)")
     p.add_argument("version")
     p.add_argument("--name")
@@ -223,6 +229,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from models import store
 
     name = args.model or settings.model
+    if store.newest(name) is None and settings.model_source is not None:
+        imported, problems = store.sync_from(settings.model_source, name)
+        for problem in problems:
+            print(f"argus: skipped {problem}", file=sys.stderr)
+        print(f"imported {len(imported)} versions from {settings.model_source}", file=sys.stderr)
     if store.newest(name) is None:
         if not args.train_if_empty:
             raise ArgusError(
@@ -299,7 +310,17 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
     print(render_report(outcome))
     stored = publish(outcome, args.name or settings.model)
     print(f"registered {stored.tag}")
+    _share(stored, settings)
     return 0
+
+
+def _share(stored: Any, settings: Settings) -> None:
+    """Put a new version where every replica finds it (ARGUS_MODEL_SOURCE), if set."""
+    if settings.model_source is not None:
+        from models import store
+
+        path = store.publish_to(stored, settings.model_source)
+        print(f"shared {stored.tag} as {path}")
 
 
 # -- models ----------------------------------------------------------------------------
@@ -457,7 +478,23 @@ def cmd_models_import(args: argparse.Namespace, settings: Settings) -> int:
 
     stored = store.import_version(args.path)
     print(f"imported {stored.tag}")
+    _share(stored, settings)
     return 0
+
+
+def cmd_models_sync(args: argparse.Namespace, settings: Settings) -> int:
+    from models import store
+
+    source = args.source or settings.model_source
+    if source is None:
+        raise ArgusError("no model source: pass --from DIR or set ARGUS_MODEL_SOURCE")
+    imported, problems = store.sync_from(source, _name(args, settings))
+    for v in imported:
+        print(f"imported {v.tag}")
+    for problem in problems:
+        print(f"argus: skipped {problem}", file=sys.stderr)
+    print(f"{len(imported)} imported, {len(problems)} skipped from {source}")
+    return 1 if problems else 0
 
 
 def cmd_models_register_onnx(args: argparse.Namespace, settings: Settings) -> int:
@@ -467,6 +504,7 @@ def cmd_models_register_onnx(args: argparse.Namespace, settings: Settings) -> in
         args.file, args.reference, args.label_column, name=args.name or settings.model
     )
     print(f"registered {stored.tag}")
+    _share(stored, settings)
     return 0
 
 

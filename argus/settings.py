@@ -25,7 +25,8 @@ class Settings:
     """Runtime settings; each field is read from ``ARGUS_<FIELD>`` (upper case).
 
     ``home`` holds the embedded state (``state.sqlite3``) and, unless ``BENTOML_HOME`` is
-    set, BentoML's model store (``home/bentoml``).
+    set, BentoML's model store (``home/bentoml``). ``model_source`` is a folder of
+    ``.bentomodel`` archives shared by every replica (see README "Scaling out").
     """
 
     home: Path = Path("~/.argus")
@@ -45,6 +46,8 @@ class Settings:
     store_inputs: bool = False
     poll_seconds: float = 0.5
     metrics_cache_seconds: float = 1.0
+    state_busy_timeout: float = 5.0
+    model_source: Path | None = None
 
     @property
     def bentoml_home(self) -> Path:
@@ -76,6 +79,8 @@ class Settings:
         for name in ("input_window", "label_window"):
             if int(getattr(self, name)) < 0:
                 raise SettingsError(f"ARGUS_{name.upper()} must be >= 0")
+        if not self.state_busy_timeout >= 0:
+            raise SettingsError("ARGUS_STATE_BUSY_TIMEOUT must be >= 0 (seconds)")
         if not self.model or ":" in self.model:
             raise SettingsError("ARGUS_MODEL must be a model name without ':'")
         return Settings(**{**asdict(self), "home": home})

@@ -238,6 +238,46 @@ def import_version(path: Path) -> StoredVersion:
     return get_version(str(candidate.tag))
 
 
+def archive_name(name: str, version: str) -> str:
+    return f"{name}-{version}.bentomodel"
+
+
+def publish_to(stored: StoredVersion, folder: Path) -> Path:
+    """Export ``stored`` into the shared ``folder`` (atomically: written, then renamed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / archive_name(stored.name, stored.version)
+    if final.exists():
+        return final
+    partial = folder / f".{final.name}"  # hidden until complete
+    written = export_version(stored, partial)
+    written.replace(final)
+    return final
+
+
+def sync_from(folder: Path, name: str) -> tuple[list[StoredVersion], list[str]]:
+    """Import every version of ``name`` in the shared ``folder`` that this store lacks.
+
+    Each archive is verified before it enters the store. Returns the imported versions
+    and one message per archive that could not be imported (damaged, not Argus's), so
+    one bad file never blocks the others.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArgusError(f"model source {folder} is not a folder")
+    have = {v.version for v in list_versions(name)}
+    imported, problems = [], []
+    for archive in sorted(folder.glob(f"{name}-*.bentomodel")):
+        version = archive.name[len(name) + 1 : -len(".bentomodel")]
+        if version in have or "-" in version:
+            continue
+        try:
+            imported.append(import_version(archive))
+        except ArgusError as exc:
+            problems.append(f"{archive.name}: {exc}")
+    return imported, problems
+
+
 def _model_store() -> Any:
     from bentoml._internal.configuration.containers import BentoMLContainer
 

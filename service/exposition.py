@@ -40,6 +40,7 @@ class MetricsExposition:
         self._profiles: dict[str, ReferenceProfile] = {}
         self._cache: dict[str, tuple[float, WindowFigures]] = {}
         self._lock = threading.Lock()
+        self._versions: tuple[int, list[str]] = (-1, [])  # (store marker, versions)
 
     # -- computing -------------------------------------------------------------------
 
@@ -98,6 +99,13 @@ class MetricsExposition:
             ) from None
         return {"live": live, "generated_at": time.time(), **figures.to_dict()}
 
+    def _stored_versions(self) -> list[str]:
+        """Version names, re-read only when the store changed (listing parses YAML)."""
+        marker = store.store_marker(self.runtime.name)
+        if self._versions[0] != marker:
+            self._versions = (marker, [v.version for v in store.list_versions(self.runtime.name)])
+        return self._versions[1]
+
     # -- Prometheus text -------------------------------------------------------------
 
     def render(self) -> str:
@@ -113,8 +121,8 @@ class MetricsExposition:
             'Stored versions; live="true" marks the one serving.',
             labels=["model", "version", "live"],
         )
-        for v in store.list_versions(name):
-            info.add_metric([name, v.version, str(v.version == live).lower()], 1)
+        for version in self._stored_versions():
+            info.add_metric([name, version, str(version == live).lower()], 1)
         yield info
         switches = CounterMetricFamily(
             "argus_model_switches", "Live-version changes, by reason.", labels=["model", "reason"]

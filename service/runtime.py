@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,8 +84,10 @@ class ModelRuntime:
         live_version: Callable[[], str | None],
         threads: int = 1,
         cache_size: int = 3,
+        model_source: Path | None = None,
     ) -> None:
         self.name = name
+        self.model_source = model_source
         self._live_version = live_version
         self.threads = threads
         self.cache_size = cache_size
@@ -105,10 +108,21 @@ class ModelRuntime:
     def ready(self) -> bool:
         return self._live is not None
 
+    def sync(self) -> list[str]:
+        """Import versions this store lacks from the shared model source, if one is set."""
+        if self.model_source is None:
+            return []
+        imported, problems = store.sync_from(self.model_source, self.name)
+        for problem in problems:
+            log.error("model source: %s", problem)
+        return [v.version for v in imported]
+
     def target_version(self) -> str:
         version = self._live_version()
         if version is not None:
             return version
+        if store.store_marker(self.name) == 0:
+            self.sync()
         marker = store.store_marker(self.name)  # re-list the store only when it changed
         if self._newest is None or self._newest[0] != marker:
             newest = store.newest(self.name)
@@ -126,7 +140,13 @@ class ModelRuntime:
             if cached is not None:
                 self._cache.move_to_end(version)
                 return cached
-        loaded = LoadedVersion(store.get_version(self.name, version), threads=self.threads)
+        try:
+            stored = store.get_version(self.name, version)
+        except ModelNotFoundError:
+            if not self.sync():  # another replica registered it: fetch it, then retry
+                raise
+            stored = store.get_version(self.name, version)
+        loaded = LoadedVersion(stored, threads=self.threads)
         with self._lock:
             self._cache[version] = loaded
             while len(self._cache) > self.cache_size:

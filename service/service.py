@@ -55,7 +55,7 @@ async def _get_models(request: Request) -> JSONResponse:
         except StateError as exc:
             raise _state_unavailable("models", exc) from None
     except RequestError as exc:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return _refusal(exc)
 
 
 async def _get_monitoring(request: Request) -> JSONResponse:
@@ -69,7 +69,14 @@ async def _get_monitoring(request: Request) -> JSONResponse:
             raise _state_unavailable("monitoring", exc) from None
         return JSONResponse(snapshot)
     except RequestError as exc:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return _refusal(exc)
+
+
+def _refusal(exc: RequestError) -> JSONResponse:
+    """A GET route's error answer; a 4xx is counted like every other refusal."""
+    if exc.status < 500:
+        get_metrics().invalid_requests.labels(exc.reason).inc()
+    return JSONResponse(exc.body(), status_code=exc.status, headers={"x-argus-reason": exc.reason})
 
 
 read_api = Starlette(
@@ -108,7 +115,10 @@ class Argus:
             busy_timeout=settings.state_busy_timeout,
         )
         runtime = ModelRuntime(
-            settings.model, lambda: state.get_live(settings.model), threads=settings.onnx_threads
+            settings.model,
+            lambda: state.get_live(settings.model),
+            threads=settings.onnx_threads,
+            model_source=settings.model_source,
         )
         runtime.refresh()
         if not runtime.ready:

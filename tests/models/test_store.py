@@ -100,3 +100,21 @@ def test_import_refuses_a_corrupt_archive(tmp_path: Path) -> None:
     junk.write_bytes(b"not a tar file")
     with pytest.raises(ModelVerificationError):
         store.import_version(junk)
+
+
+def test_publish_and_sync_through_a_shared_folder(model_name: str, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    a = store.register(model_name, b"one", make_card(0.7), "{}")
+    b = store.register(model_name, b"two", make_card(0.8), "{}")
+    for v in (a, b):
+        assert store.publish_to(v, shared).name == f"{model_name}-{v.version}.bentomodel"
+    (shared / f"{model_name}-broken.bentomodel").write_bytes(b"junk")
+    assert not list(shared.glob(".*"))  # no partial files left behind
+    store.delete(a)
+    store.delete(b)
+    imported, problems = store.sync_from(shared, model_name)
+    assert sorted(v.version for v in imported) == sorted([a.version, b.version])
+    assert len(problems) == 1 and "broken" in problems[0]
+    assert [v.version for v in store.list_versions(model_name)] == [a.version, b.version]
+    again, _ = store.sync_from(shared, model_name)
+    assert again == []  # nothing left to import
