@@ -29,7 +29,6 @@ the first one ingested keeps the id, the other rows are dropped and counted in
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import struct
@@ -38,7 +37,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +44,14 @@ import numpy as np
 
 from models.errors import StateError
 from monitoring.state import (
+    FRAME,
+    MAGIC,
     Counts,
     DuplicateIdError,
     FeedbackResult,
     LabelledWindow,
     LiveMarker,
+    PredictionBatch,
     PredictionRecord,
     PredictionWindow,
     StateStore,
@@ -58,98 +59,17 @@ from monitoring.state import (
     open_state,
 )
 
+__all__ = [
+    "MAGIC",
+    "Journal",
+    "JournaledState",
+    "PredictionBatch",
+    "WriteThroughState",
+    "open_shared_state",
+    "read_frames",
+]
+
 log = logging.getLogger("argus.journal")
-
-MAGIC = b"ARJ1"
-_FRAME = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
-_HEAD = struct.Struct("<I")  # JSON header length inside the payload
-
-
-@dataclass(frozen=True, eq=False)
-class PredictionBatch:
-    """The rows one request predicted, as arrays (no per-row objects on the hot path)."""
-
-    model: str
-    version: str
-    t: float
-    ids: Sequence[str]
-    labels: np.ndarray  # int, (n,)
-    confidences: np.ndarray  # float32, (n,)
-    probabilities: np.ndarray  # float32, (n, k)
-    anomaly_scores: np.ndarray  # float64, (n,)
-    anomalous: np.ndarray  # bool, (n,)
-    inputs: np.ndarray | None = None  # float32, (n, d)
-
-    def encode(self) -> bytes:
-        probs = np.ascontiguousarray(self.probabilities, dtype="<f4")
-        n, k = probs.shape
-        inputs = None if self.inputs is None else np.ascontiguousarray(self.inputs, dtype="<f4")
-        head = json.dumps(
-            {
-                "model": self.model,
-                "version": self.version,
-                "t": self.t,
-                "ids": list(self.ids),
-                "n": n,
-                "k": k,
-                "d": 0 if inputs is None else int(inputs.shape[1]),
-            },
-            separators=(",", ":"),
-        ).encode()
-        parts = [
-            _HEAD.pack(len(head)),
-            head,
-            np.ascontiguousarray(self.labels, dtype="<i4").tobytes(),
-            np.ascontiguousarray(self.confidences, dtype="<f4").tobytes(),
-            probs.tobytes(),
-            np.ascontiguousarray(self.anomaly_scores, dtype="<f8").tobytes(),
-            np.ascontiguousarray(self.anomalous, dtype=np.uint8).tobytes(),
-        ]
-        if inputs is not None:
-            parts.append(inputs.tobytes())
-        payload = b"".join(parts)
-        return _FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
-
-    @classmethod
-    def decode(cls, payload: bytes) -> PredictionBatch:
-        (hlen,) = _HEAD.unpack_from(payload, 0)
-        head = json.loads(payload[_HEAD.size : _HEAD.size + hlen])
-        n, k, d = head["n"], head["k"], head["d"]
-        at = _HEAD.size + hlen
-
-        def take(dtype: str, count: int) -> np.ndarray:
-            nonlocal at
-            arr = np.frombuffer(payload, dtype=dtype, count=count, offset=at)
-            at += arr.nbytes
-            return arr
-
-        labels = take("<i4", n)
-        confidences = take("<f4", n)
-        probabilities = take("<f4", n * k).reshape(n, k)
-        scores = take("<f8", n)
-        anomalous = take("u1", n).astype(bool)
-        inputs = take("<f4", n * d).reshape(n, d) if d else None
-        return cls(
-            head["model"], head["version"], head["t"], head["ids"], labels, confidences,
-            probabilities, scores, anomalous, inputs,
-        )  # fmt: skip
-
-    def records(self) -> list[PredictionRecord]:
-        probs = self.probabilities.tolist()
-        return [
-            PredictionRecord(
-                id=self.ids[i],
-                model=self.model,
-                version=self.version,
-                t=self.t,
-                label=int(self.labels[i]),
-                confidence=float(self.confidences[i]),
-                probabilities=tuple(probs[i]),
-                anomaly_score=float(self.anomaly_scores[i]),
-                anomalous=bool(self.anomalous[i]),
-            )
-            for i in range(len(self.ids))
-        ]
 
 
 def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
@@ -162,12 +82,12 @@ def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
         fh.seek(offset)
         data = fh.read()
     at = 0
-    while at + _FRAME.size <= len(data):
-        magic, length, crc = _FRAME.unpack_from(data, at)
-        end = at + _FRAME.size + length
+    while at + FRAME.size <= len(data):
+        magic, length, crc = FRAME.unpack_from(data, at)
+        end = at + FRAME.size + length
         if magic != MAGIC or end > len(data):
             return
-        payload = data[at + _FRAME.size : end]
+        payload = data[at + FRAME.size : end]
         if zlib.crc32(payload) != crc:
             return
         at = end
@@ -273,14 +193,25 @@ class JournaledState:
     def record_predictions(
         self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
     ) -> None:
-        """The ``StateStore`` method: one batch per (model, version, t) group of records."""
+        """The ``StateStore`` method. Records that fit one batch (one model, version and
+        time, no labels, no inputs of their own) go through the journal; others are
+        written to ``inner`` directly, after ingesting what the journal holds."""
         if not records:
             return
         first = records[0]
-        if any((r.model, r.version) != (first.model, first.version) for r in records):
+        if any(
+            (r.model, r.version, r.t) != (first.model, first.version, first.t)
+            or r.inputs is not None
+            or r.true_label is not None
+            for r in records
+        ):
             self.ingest()
             self.inner.record_predictions(records, inputs)
             return
+        if inputs is not None and np.shape(inputs)[:1] != (len(records),):
+            raise ValueError(
+                f"inputs: expected {len(records)} rows x features, got shape {np.shape(inputs)}"
+            )
         self.record_batch(
             PredictionBatch(
                 model=first.model,
@@ -295,6 +226,12 @@ class JournaledState:
                 inputs=inputs,
             )
         )
+
+    def record_batches(self, batches: Sequence[PredictionBatch]) -> None:
+        """The ``StateStore`` method: straight to ``inner`` (after ingesting the journal),
+        so its all-or-nothing contract holds."""
+        self.ingest()
+        self.inner.record_batches(batches)
 
     # -- ingestion -------------------------------------------------------------------
 
@@ -364,30 +301,45 @@ class JournaledState:
         return True
 
     def _store(self, batches: list[PredictionBatch]) -> None:
-        groups: dict[tuple[str, str, bool], list[PredictionBatch]] = {}
-        for b in batches:
-            groups.setdefault((b.model, b.version, b.inputs is not None), []).append(b)
-        for group in groups.values():
-            records = [r for b in group for r in b.records()]
-            inputs = None
-            if group[0].inputs is not None:
-                inputs = np.concatenate([b.inputs for b in group if b.inputs is not None])
-            self._insert_skipping_duplicates(records, inputs)
-
-    def _insert_skipping_duplicates(
-        self, records: list[PredictionRecord], inputs: np.ndarray | None
-    ) -> None:
-        while records:
+        """Write ``batches`` to ``inner`` in one ``record_batches`` call. Rows whose id is
+        already stored, or repeats one earlier in ``batches`` (the same client id sent
+        twice, racing past the request-time check), are dropped and counted."""
+        seen: set[str] = set()
+        for position, b in enumerate(batches):
+            fresh = seen.isdisjoint(b.ids) and len(set(b.ids)) == len(b.ids)
+            if not fresh:
+                keep = []
+                for i, id_ in enumerate(b.ids):
+                    if id_ not in seen:
+                        seen.add(id_)
+                        keep.append(i)
+                self._drop(len(b.ids) - len(keep), "repeat ids of earlier rows")
+                batches[position] = b.take(keep)
+            else:
+                seen.update(b.ids)
+        batches = [b for b in batches if len(b.ids)]
+        while batches:
             try:
-                self.inner.record_predictions(records, inputs)
+                self.inner.record_batches(batches)
                 return
             except DuplicateIdError as exc:
                 taken = set(exc.ids)
-                keep = [i for i, r in enumerate(records) if r.id not in taken]
-                self.dropped_duplicates += len(records) - len(keep)
-                log.warning("journal: %d rows with ids already stored were skipped", len(taken))
-                records = [records[i] for i in keep]
-                inputs = None if inputs is None else inputs[keep]
+                if not taken:
+                    raise
+                kept = []
+                for b in batches:
+                    if taken.isdisjoint(b.ids):
+                        kept.append(b)
+                        continue
+                    keep = [i for i, id_ in enumerate(b.ids) if id_ not in taken]
+                    self._drop(len(b.ids) - len(keep), "have ids already stored")
+                    if keep:
+                        kept.append(b.take(keep))
+                batches = kept
+
+    def _drop(self, n: int, why: str) -> None:
+        self.dropped_duplicates += n
+        log.warning("journal: %d rows that %s were skipped", n, why)
 
     def start(self) -> None:
         """Ingest this process's journal in the background every ``ingest_every`` s."""
@@ -492,7 +444,7 @@ class WriteThroughState:
     def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
         if self.options.input_window == 0 and not self.options.store_inputs:
             batch = PredictionBatch(**{**batch.__dict__, "inputs": None})
-        self.inner.record_predictions(batch.records(), batch.inputs)
+        self.inner.record_batches([batch])
 
     def ingest(self) -> int:
         return 0

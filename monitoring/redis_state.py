@@ -18,14 +18,15 @@ deployments can share one Redis; ``:`` and ``%`` in model and version names are 
     {P}live:{model}        hash: version, serial
     {P}hist:{model}        list of switches (JSON), oldest first
 
-Atomicity: each write is one Lua script, which Redis runs alone. ``record_predictions``
-checks every id and then writes rows, indexes, counts and the ring in one round trip
-(nothing is written when an id exists); ``record_feedback`` sets the label only on rows
-without one, so of two processes labelling one id exactly one wins; ``set_live`` and
-``rollback`` compare the history length before switching (optimistic: a rollback that
-lost a race re-reads the history and retries). A request that loses its connection is
-retried once; a random token stored with the rows, labels or switch it wrote makes that
-retry report the first attempt's outcome (not a duplicate, not a second rollback).
+Atomicity: each write is one Lua script, which Redis runs alone. ``record_predictions`` (and
+``record_batches``, all its batches as one list of records) checks every id and then writes
+rows, indexes, counts and the ring in one round trip (nothing is written when an id exists);
+``record_feedback`` sets the label only on rows without one, so of two processes labelling
+one id exactly one wins; ``set_live`` and ``rollback`` compare the history length before
+switching (optimistic: a rollback that lost a race re-reads the history and retries). A
+request that loses its connection is retried once; a random token stored with the rows,
+labels or switch it wrote makes that retry report the first attempt's outcome (not a
+duplicate, not a second rollback).
 
 Retention: ``prune`` walks ``{P}log`` from the oldest row in chunks of ``_CHUNK`` rows per
 script (so Redis never blocks for long), dropping rows beyond the newest ``max_rows`` and
@@ -83,6 +84,7 @@ from monitoring.state import (
     LabelledWindow,
     LiveMarker,
     NoRollbackTargetError,
+    PredictionBatch,
     PredictionRecord,
     PredictionWindow,
     StateOptions,
@@ -216,12 +218,6 @@ class RedisState:
     def record_predictions(
         self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
     ) -> None:
-        if not records:
-            return
-        ids = [r.id for r in records]
-        if len(set(ids)) != len(ids):
-            repeated = sorted(i for i, c in Counter(ids).items() if c > 1)
-            raise ValueError(f"records: ids repeated within one call: {repeated[:5]}")
         rows32: np.ndarray | None = None
         if inputs is not None:
             rows32 = np.ascontiguousarray(inputs, dtype=np.float32)
@@ -229,6 +225,33 @@ class RedisState:
                 raise ValueError(
                     f"inputs: expected {len(records)} rows x features, got shape {rows32.shape}"
                 )
+        self._record(records, rows32)
+
+    def record_batches(self, batches: Sequence[PredictionBatch]) -> None:
+        """Every batch's rows in one script (all or nothing), as ``record_predictions``."""
+        records: list[PredictionRecord] = []
+        rows: list[np.ndarray | None] = []
+        for position, batch in enumerate(batches):
+            n, _, _ = batch.check(f"batches[{position}]")
+            if batch.inputs is None:
+                rows += [None] * n
+            else:
+                rows += list(np.ascontiguousarray(batch.inputs, dtype=np.float32))
+            records += batch.records()
+        has_inputs = any(r is not None for r in rows)
+        self._record(records, rows if has_inputs else None)
+
+    def _record(
+        self,
+        records: Sequence[PredictionRecord],
+        rows32: np.ndarray | Sequence[np.ndarray | None] | None,
+    ) -> None:
+        if not records:
+            return
+        ids = [r.id for r in records]
+        if len(set(ids)) != len(ids):
+            repeated = sorted(i for i, c in Counter(ids).items() if c > 1)
+            raise ValueError(f"records: ids repeated within one call: {repeated[:5]}")
         keys, args = self._record_arguments(records, rows32)
         with self._use("record predictions") as conn:
             result = conn.record(keys=keys, args=args, client=conn.client)
@@ -244,8 +267,12 @@ class RedisState:
                 self.last_prune_error = exc
 
     def _record_arguments(
-        self, records: Sequence[PredictionRecord], rows32: np.ndarray | None
+        self,
+        records: Sequence[PredictionRecord],
+        rows32: np.ndarray | Sequence[np.ndarray | None] | None,
     ) -> tuple[list[Any], list[Any]]:
+        """Keys and arguments of the record script; ``rows32[i]`` (float32, or ``None``
+        when the row brought no inputs) is row i's input row."""
         log_inputs = self.options.store_inputs and rows32 is not None
         groups: dict[tuple[str, str], list[int]] = defaultdict(list)
         for i, r in enumerate(records):
@@ -262,8 +289,8 @@ class RedisState:
             flags, x, y, f, tail = "", b"", b"", b"", b""
             if r.inputs is not None:
                 flags, x = "x", np.asarray(r.inputs, dtype=np.float32).tobytes()
-            elif log_inputs and rows32 is not None:
-                flags, x = "x", rows32[i].tobytes()
+            elif log_inputs and rows32 is not None and (row := rows32[i]) is not None:
+                flags, x = "x", row.tobytes()
             if r.true_label is not None:
                 flags += "y"
                 y = str(int(r.true_label)).encode()
@@ -277,7 +304,10 @@ class RedisState:
             keys += [base + "p", base + "c", base + "x", base + "l"]
             ring = []
             if rows32 is not None and keep > 0:
-                ring = [_T.pack(float(records[i].t)) + rows32[i].tobytes() for i in index[-keep:]]
+                with_rows = [(i, row) for i in index if (row := rows32[i]) is not None]
+                ring = [
+                    _T.pack(float(records[i].t)) + row.tobytes() for i, row in with_rows[-keep:]
+                ]
             args += [model, version, len(ring), *ring]
         return keys, args
 

@@ -161,3 +161,13 @@ def test_background_ingestion_and_close(tmp_path: Path) -> None:
         time.sleep(0.02)
     assert state.inner.counts("m", "v1").predictions == 1  # without any read ingesting
     state.close()
+
+
+def test_an_id_repeated_within_one_journal_is_kept_once(tmp_path: Path) -> None:
+    state = open_shared_state(None, tmp_path)
+    state.record_batch(batch(["x", "a"], seed=1), check_ids=False)
+    state.record_batch(batch(["b", "x"], seed=2), check_ids=False)  # raced past the check
+    assert set(state.lookup(["x", "a", "b"])) == {"x", "a", "b"}
+    assert state.counts("m", "v1").predictions == 3 and state.dropped_duplicates == 1
+    assert state.lookup(["x"])["x"].t == 101.0  # the first one wins
+    state.close()

@@ -35,6 +35,7 @@ from monitoring.state import (
     DuplicateIdError,
     LiveMarker,
     NoRollbackTargetError,
+    PredictionBatch,
     PredictionRecord,
     StateStore,
     Switch,
@@ -285,6 +286,85 @@ def test_feedback_joins_by_id_and_first_label_wins(store: StateStore) -> None:
         store.record_feedback([(a.id, "x")], t=1.0)  # type: ignore[list-item]
 
 
+def make_batch(
+    ids: list[str], *, version: str = "v1", t: float = 1000.0, d: int | None = 3, seed: int = 0
+) -> PredictionBatch:
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(4), size=len(ids)).astype(np.float32)
+    return PredictionBatch(
+        model="m",
+        version=version,
+        t=t,
+        ids=ids,
+        labels=p.argmax(axis=1),
+        confidences=p.max(axis=1),
+        probabilities=p,
+        anomaly_scores=rng.exponential(size=len(ids)),
+        anomalous=rng.random(len(ids)) < 0.5,
+        inputs=None if d is None else rng.normal(size=(len(ids), d)).astype(np.float32),
+    )
+
+
+def test_record_batches_round_trip(backend: Backend) -> None:
+    store = backend.open(input_window=6)
+    batches = [
+        make_batch(store.new_ids(4), t=10.0, seed=1),
+        make_batch(store.new_ids(3), version="v2", t=11.0, seed=2),
+        make_batch(store.new_ids(1), t=12.0, d=None, seed=3),  # no inputs: not in the ring
+        make_batch(store.new_ids(2), t=13.0, seed=4),
+    ]
+    store.record_batches(batches)
+    store.record_batches([])
+    v1 = [batches[0], batches[2], batches[3]]
+    window = store.prediction_window("m", "v1", 100)
+    assert window.t.tolist() == [10.0] * 4 + [12.0] + [13.0] * 2
+    np.testing.assert_array_equal(window.labels, np.concatenate([b.labels for b in v1]))
+    np.testing.assert_array_equal(
+        window.probabilities, np.concatenate([b.probabilities for b in v1]).astype(np.float64)
+    )
+    np.testing.assert_array_equal(
+        window.anomaly_scores, np.concatenate([b.anomaly_scores for b in v1])
+    )
+    np.testing.assert_array_equal(window.anomalous, np.concatenate([b.anomalous for b in v1]))
+    rings = [b.inputs for b in v1 if b.inputs is not None]
+    np.testing.assert_array_equal(store.input_window("m", "v1", 100), np.concatenate(rings)[-6:])
+    assert store.input_window("m", "v2", 100).shape == (3, 3)
+    assert store.counts("m", "v1") == Counts(7, 0) and store.counts("m", "v2") == Counts(3, 0)
+    b = batches[1]
+    found = store.lookup([b.ids[2]])[b.ids[2]]
+    assert found == PredictionRecord(
+        id=b.ids[2], model="m", version="v2", t=11.0, label=int(b.labels[2]),
+        confidence=float(b.confidences[2]), probabilities=tuple(b.probabilities[2].tolist()),
+        anomaly_score=float(b.anomaly_scores[2]), anomalous=bool(b.anomalous[2]),
+    )  # fmt: skip
+    result = store.record_feedback([(b.ids[0], 1), (batches[3].ids[1], 2)], t=50.0)
+    assert [(r.version, r.label, r.t) for r in result.accepted_records] == [
+        ("v2", int(b.labels[0]), 11.0),
+        ("v1", int(batches[3].labels[1]), 13.0),
+    ]
+    labelled = store.labelled_window("m", "v1", 10)
+    assert labelled.predicted.tolist() == [batches[3].labels[1]] and labelled.t.tolist() == [13.0]
+
+
+def test_record_batches_is_all_or_nothing(backend: Backend) -> None:
+    store = backend.open(store_inputs=True)
+    existing = make_batch(store.new_ids(2), seed=1)
+    store.record_batches([existing])
+    ids = store.new_ids(3)
+    with pytest.raises(ValueError, match="repeated"):
+        store.record_batches([make_batch(ids[:2]), make_batch([ids[2], ids[0]])])
+    with pytest.raises(DuplicateIdError) as info:
+        store.record_batches([make_batch(ids[:2]), make_batch([ids[2], existing.ids[1]])])
+    assert info.value.ids == [existing.ids[1]]
+    bad = replace(make_batch([ids[2]]), labels=np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"batches\[1\]\.labels"):
+        store.record_batches([make_batch(ids[:2]), bad])
+    assert store.lookup(ids) == {} and store.counts("m", "v1") == Counts(2, 0)
+    assert len(store.input_window("m", "v1", 10)) == 2
+    logged = store.lookup([existing.ids[0]])[existing.ids[0]].inputs  # store_inputs: logged
+    assert existing.inputs is not None and logged == tuple(existing.inputs[0].tolist())
+
+
 def test_concurrent_feedback_exactly_one_wins(backend: Backend) -> None:
     store = backend.open()
     ids = [r.id for r in record(store, 150)]
@@ -435,7 +515,12 @@ def test_input_window_is_a_bounded_ring_per_version(backend: Backend) -> None:
     per_version: dict[str, int] = {}  # the privacy bound: no more raw rows exist at all
     if isinstance(store, SQLiteState):
         with sqlite3.connect(store.path) as db:
-            per_version = dict(db.execute("SELECT version, COUNT(*) FROM inputs GROUP BY 1"))
+            per_version = dict(  # rows of float32 inputs actually held in the ring's blobs
+                db.execute(
+                    "SELECT version, SUM(LENGTH(x) / (4 * d)) FROM ring JOIN versions "
+                    "USING (vid) GROUP BY 1"
+                )
+            )
     elif RedisState is not None and isinstance(store, RedisState):
         client = store._connection().client
         for key in client.scan_iter(f"{store.prefix}*"):
@@ -611,6 +696,61 @@ def test_newer_schema_or_foreign_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(StateError, match="not a database"):
         open_state("sqlite://junk.db", tmp_path).get_live("m")
+
+
+def test_older_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "state.sqlite3") as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        db.execute("CREATE TABLE predictions (seq INTEGER PRIMARY KEY)")
+    with pytest.raises(StateError, match="older Argus.*[Mm]ove the file"):
+        open_state(None, tmp_path).get_live("m")
+    with sqlite3.connect(tmp_path / "state.sqlite3") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"schema_version", "predictions"}
+
+
+def _first_use(store: StateStore, barrier: threading.Barrier, errors: list) -> None:
+    barrier.wait()
+    try:
+        store.counts("m", "v1")
+    except BaseException as exc:  # pragma: no cover - reported by the test
+        errors.append(exc)
+
+
+def test_fresh_file_opened_by_many_threads_at_once(tmp_path: Path) -> None:
+    for attempt in range(20):  # "database is locked" came in about 1 of 25 attempts
+        store = open_state(f"sqlite://fresh-{attempt}.db", tmp_path)
+        barrier = threading.Barrier(6)
+        errors: list[BaseException] = []
+        threads = [
+            threading.Thread(target=_first_use, args=(store, barrier, errors)) for _ in range(6)
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        store.close()
+        assert not errors, errors[0]
+
+
+def test_odd_ids_and_a_cut_block_survive_prune(tmp_path: Path) -> None:
+    store = open_state(None, tmp_path, max_rows=5, prune_every=0)
+    odd = ["nul\x00inside", 'quote"and\\slash', "ünï cødé 🙂", "\u2028"]
+    store.record_batches([make_batch(odd, t=1.0)])
+    plain = store.new_ids(4)
+    store.record_batches([make_batch(plain[:2], t=2.0), make_batch(plain[2:], t=3.0)])
+    assert set(store.lookup(odd + plain)) == set(odd + plain)
+    assert store.record_feedback([(odd[0], 1)], t=4.0).accepted == [odd[0]]
+    assert store.prune(now=10.0) == 3  # the oldest 3 of 8 rows; the first block is cut
+    assert set(store.lookup(odd + plain)) == {odd[3], *plain}
+    window = store.prediction_window("m", "v1", 100)
+    assert window.t.tolist() == [1.0, 2.0, 2.0, 3.0, 3.0]
+    assert len(store.labelled_window("m", "v1", 10)) == 0  # the labelled row was pruned
+    with pytest.raises(DuplicateIdError):
+        store.record_batches([make_batch([odd[3]], t=5.0)])
+    store.record_batches([make_batch([odd[0]], t=5.0)])  # a pruned id may come back
+    assert store.prune(now=10.0) == 1 and set(store.lookup(odd)) == {odd[0]}
 
 
 # -- Redis specifics: prefixes, failures, retries -------------------------------------------

@@ -1,17 +1,19 @@
 """Proof on a real Prometheus: every dashboard and rule expression parses and returns data.
 
-A real ``argus serve`` (two workers) gets drift traffic with late labels from
-``argus simulate``; a real ``prometheus`` scrapes it every second and evaluates both rule
-files every second. Then every PromQL expression of the dashboard (panels, annotation,
-variable queries) and of the rule files goes through ``/api/v1/query`` and must answer
-with data, in three phases:
+Two real ``argus serve`` replicas (two workers each, separate homes and stores, one shared
+state in a real Redis) get drift traffic with late labels from ``argus simulate``; a real
+``prometheus`` scrapes both every second and evaluates both rule files every second, so
+every expression is proven with several instances: counters summed across them, window
+gauges (identical on each replica) taken once. Then every PromQL expression of the
+dashboard (panels, annotation, variable queries) and of the rule files goes through
+``/api/v1/query`` and must answer with data, in three phases:
 
 1. after the drift traffic: everything except what needs a live-version switch or a
    server that is down. The drift scenario genuinely trips the accuracy, estimate, drift,
    anomaly and label-coverage alerts, so their expressions return data as written.
 2. after ``POST /models/activate`` of the version that got no traffic: the switch
    annotation and alert, and the no-traffic alert (live version, no predictions).
-3. after the server is stopped: ``ArgusDown`` (``up == 0``).
+3. after one replica is stopped: ``ArgusDown`` (``up == 0``).
 
 One alert expression is checked with its final comparison stripped: ``ArgusErrorRateHigh``
 (``... > 0.05``). Argus answers bad input with a 4xx and nothing here can make it answer
@@ -103,10 +105,14 @@ def test_promtool_checks_rules_config_and_unit_tests() -> None:
 
 @dataclass
 class Stack:
-    server: ArgusServer
+    servers: list[ArgusServer]
     prom_url: str
     versions: list[StoredVersion]
     simulate_output: str
+
+    @property
+    def server(self) -> ArgusServer:
+        return self.servers[0]
 
     @property
     def model(self) -> str:
@@ -114,7 +120,7 @@ class Stack:
 
 
 class Prometheus:
-    def __init__(self, home: Path, target: str) -> None:
+    def __init__(self, home: Path, targets: list[str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.home = home
@@ -129,7 +135,7 @@ class Prometheus:
                     },
                     "rule_files": [str(p) for p in RULES],
                     "scrape_configs": [
-                        {"job_name": "argus", "static_configs": [{"targets": [target]}]}
+                        {"job_name": "argus", "static_configs": [{"targets": targets}]}
                     ],
                 }
             )
@@ -201,38 +207,73 @@ def versions(outcome: Any) -> list[StoredVersion]:
 def stack(
     binaries: tuple[str, str],
     versions: list[StoredVersion],
+    redis_server: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Stack, Prometheus]]:
-    home = tmp_path_factory.mktemp("obs")
-    seed_store(Path(os.environ["BENTOML_HOME"]), versions[0].name, home)
-    server = ArgusServer(home, versions[0].name, env={"ARGUS_ADMIN_TOKEN": TOKEN})
-    prom = Prometheus(home, f"127.0.0.1:{server.port}")
+    base = tmp_path_factory.mktemp("obs")
+    env = {
+        "ARGUS_ADMIN_TOKEN": TOKEN,
+        "ARGUS_STATE_URL": f"{redis_server.url}?prefix=obs-{uuid.uuid4().hex[:6]}:",
+    }
+    servers = []
+    for name in ("a", "b"):
+        seed_store(Path(os.environ["BENTOML_HOME"]), versions[0].name, base / name)
+        servers.append(ArgusServer(base / name, versions[0].name, env=env))
+    prom = Prometheus(base, [f"127.0.0.1:{srv.port}" for srv in servers])
     try:
-        server.start()
+        for srv in servers:
+            srv.start()
         prom.start()
-        # drift for 15 s, 8% of the predictions labelled 2 s later, 5% malformed requests
-        sim = subprocess.run(
-            [
-                ARGUS, "simulate", "--url", server.url, "--scenario", "drift",
-                "--duration", "15", "--rate", "30", "--batch", "16", "--label-delay", "2",
-                "--label-fraction", "0.08", "--invalid-fraction", "0.05", "--seed", "7",
-            ],
-            env=server.env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )  # fmt: skip
-        assert sim.returncode == 0, sim.stderr
-        yield Stack(server, prom.url, versions, sim.stdout + sim.stderr), prom
+        # drift for 15 s on each replica, 8% of the predictions labelled 2 s later, 5%
+        # malformed requests
+        sims = [
+            subprocess.Popen(
+                [
+                    ARGUS,
+                    "simulate",
+                    "--url",
+                    srv.url,
+                    "--scenario",
+                    "drift",
+                    "--duration",
+                    "15",
+                    "--rate",
+                    "15",
+                    "--batch",
+                    "16",
+                    "--label-delay",
+                    "2",
+                    "--label-fraction",
+                    "0.08",
+                    "--invalid-fraction",
+                    "0.05",
+                    "--seed",
+                    str(7 + i),
+                ],
+                env=srv.env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for i, srv in enumerate(servers)
+        ]
+        outputs = []
+        for sim in sims:
+            out, err = sim.communicate(timeout=90)
+            assert sim.returncode == 0, err
+            outputs.append(out + err)
+        yield Stack(servers, prom.url, versions, "\n".join(outputs)), prom
     finally:
         prom.stop()
-        server.stop()
+        for srv in servers:
+            srv.stop()
 
 
 def test_simulate_drove_the_server(stack: tuple[Stack, Prometheus]) -> None:
     st, _ = stack
-    print("\n" + st.simulate_output.strip().splitlines()[-1])
-    assert " 0 errors" in st.simulate_output
+    lines = [line for line in st.simulate_output.strip().splitlines() if " errors" in line]
+    print("\n" + "\n".join(lines[-2:]))
+    assert st.simulate_output.count(" 0 errors") >= 2
     snap = httpx.get(f"{st.server.url}/monitoring", timeout=10).json()
     assert snap["drift"]["drift_detected"] is True
     assert snap["totals"]["labelled"] >= 100
@@ -300,6 +341,19 @@ def test_every_expression_returns_data(stack: tuple[Stack, Prometheus]) -> None:
     t0 = time.monotonic()
     answers = run_until_data(prom, [(e, prepared(e, values)) for e in phases["traffic"]], 40)
 
+    # replicas: counters are summed over both instances, window gauges are taken once
+    per_instance = prom.query(f'argus_predictions_total{{model="{st.model}"}}')["data"]["result"]
+    assert {s["metric"]["instance"] for s in per_instance} == {
+        f"127.0.0.1:{srv.port}" for srv in st.servers
+    }
+    total = sum(float(s["value"][1]) for s in per_instance)
+    summed = prom.query(f'sum(argus_predictions_total{{model="{st.model}"}})')
+    assert float(summed["data"]["result"][0]["value"][1]) == total
+    gauges = prom.query(f'argus_drift_share_ratio{{model="{st.model}"}}')["data"]["result"]
+    assert len(gauges) == 2 and len({g["value"][1] for g in gauges}) == 1  # identical
+    once = prom.query(f'model_version:argus_drift_share_ratio:max{{model="{st.model}"}}')
+    assert {r["value"][1] for r in once["data"]["result"]} == {gauges[0]["value"][1]}
+
     # phase 2: make the version without traffic live
     auth = {"Authorization": f"Bearer {TOKEN}"}
     r = httpx.post(
@@ -311,8 +365,8 @@ def test_every_expression_returns_data(stack: tuple[Stack, Prometheus]) -> None:
     live_now = prom.query('argus_model_info{live="true"}')["data"]["result"]
     assert {s["metric"]["version"] for s in live_now} == {old.version}
 
-    # phase 3: the server is gone
-    st.server.stop()
+    # phase 3: a replica is gone
+    st.servers[1].stop()
     answers |= run_until_data(prom, [(e, prepared(e, values)) for e in phases["down"]], 20)
 
     nan_only = [

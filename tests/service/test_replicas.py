@@ -38,11 +38,17 @@ def test_two_replicas_one_truth(
     tmp_path: Path, versions: list[StoredVersion], redis_server: Any
 ) -> None:
     old, new = versions
+    from models import store
+
     url = f"{redis_server.url}?prefix=rep-{uuid.uuid4().hex[:6]}:"
-    env = {"ARGUS_STATE_URL": url, "ARGUS_ADMIN_TOKEN": TOKEN}
+    shared = tmp_path / "shared-models"  # e.g. a volume every replica mounts
+    for v in versions:
+        store.publish_to(v, shared)
+    env = {"ARGUS_STATE_URL": url, "ARGUS_ADMIN_TOKEN": TOKEN, "ARGUS_MODEL_SOURCE": str(shared)}
     homes = [tmp_path / "a", tmp_path / "b"]
-    for home in homes:  # each replica has its own BentoML store, as on separate machines
-        seed_store(Path(os.environ["BENTOML_HOME"]), old.name, home)
+    # each replica has its own BentoML store, as on separate machines: a's is seeded,
+    # b's starts empty and fills itself from the shared model source
+    seed_store(Path(os.environ["BENTOML_HOME"]), old.name, homes[0])
     d = load_digits()
     X, y = d.data.astype(np.float32)[:240], d.target[:240]
     with (
@@ -57,7 +63,7 @@ def test_two_replicas_one_truth(
             which = (start // 12) % 2
             with replicas[which].client() as c:
                 r = c.post("/predict", json={"instances": X[start : start + 12].tolist()})
-                assert r.status_code == 200, r.text
+                assert r.status_code == 200, (r.text, replicas[which].log())
                 for p in r.json()["predictions"]:
                     ids.append(p["id"])
                     proba.append(p["probabilities"])
@@ -112,4 +118,6 @@ def test_two_replicas_one_truth(
         assert version == new.version, "replica b still serves the old version after 2 s"
         print(f"rollback through replica a reached replica b in {time.monotonic() - t0:.2f} s")
         with b.client() as c:
-            assert c.get("/models").json()["history"][-1]["reason"] == "rollback"
+            models = c.get("/models").json()
+        assert models["history"][-1]["reason"] == "rollback"
+        assert [v["version"] for v in models["versions"]] == [old.version, new.version]
