@@ -227,6 +227,9 @@ def newest_version(bentoml_home: Path) -> str:
     return max(versions, key=lambda p: (p / "model.yaml").stat().st_mtime).name
 
 
+BARE_RESPONSE = ["raw"]  # set from --bare-response
+
+
 def make_server(kind: str, root: Path, source_store: Path, onnx: Path, workers: int) -> Server:
     home = root / f"{kind}-{time.monotonic_ns()}"
     port = str(free_port())
@@ -239,6 +242,7 @@ def make_server(kind: str, root: Path, source_store: Path, onnx: Path, workers: 
             BENTOML_HOME=str(home / "bentoml"),
             BARE_MODEL_PATH=str(onnx),
             BARE_WORKERS=str(workers),
+            BARE_RESPONSE=BARE_RESPONSE[0],
         )
         command = [sys.executable, "-m", "bentoml", "serve", "bench.bare_service:Bare"]
         command += ["--host", "127.0.0.1", "--port", port]
@@ -537,7 +541,12 @@ def report(runs: list[RunResult], args: argparse.Namespace, target: float) -> di
         f"""
 Notes:
   * Argus runs with monitoring on: every /predict validates, scores anomalies and writes
-    the durable prediction log (SQLite, WAL); the bare service only runs onnxruntime.
+    the durable prediction log (journal + SQLite); the bare service only runs onnxruntime
+    and answers with a {
+            "dict BentoML serialises"
+            if args.bare_response == "dict"
+            else "response serialised like Argus's (so the ratio is the monitoring's cost)"
+        }.
   * Both servers: {args.workers} workers, onnxruntime intra-op threads = cores // workers,
     same model.onnx, fresh home per server; servers run one at a time, interleaved
     ({", ".join(args.server_kinds)}) x {args.rounds} round(s).
@@ -578,6 +587,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-home", type=Path, help="a BENTOML_HOME holding argus-digits")
     p.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
+    p.add_argument(
+        "--bare-response",
+        choices=("raw", "dict"),
+        default="raw",
+        help="raw: the bare service serialises like Argus (isolates the monitoring cost); "
+        "dict: it returns a dict for BentoML to serialise (a conventional BentoML service)",
+    )
     args = p.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
         p.error("--duration > 0, --warmup >= 0, --concurrency >= 1 and --rounds >= 1")
@@ -595,6 +611,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    BARE_RESPONSE[0] = args.bare_response
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="argus-bench-"))
     runs: list[RunResult] = []

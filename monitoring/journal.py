@@ -263,6 +263,10 @@ class JournaledState:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not path.exists():
                 return 0
+            # Decide "writer gone" BEFORE reading: a writer that appends and then rotates
+            # releases its owner lock, and a file judged after the read could lose the
+            # frame appended meanwhile.
+            gone = self._orphan(stem)
             offset_path = self.directory / f"{stem}.offset"
             offset = _read_offset(offset_path)
             batches: list[PredictionBatch] = []
@@ -275,7 +279,7 @@ class JournaledState:
                 _write_offset(offset_path, end)
             self._offsets[path.name] = end
             moved = sum(len(b.ids) for b in batches)
-            if self._orphan(stem):  # its writer is gone: anything after `end` is a torn tail
+            if gone:  # its writer was gone before we read: anything after `end` is torn
                 for suffix in (".log", ".offset", ".owner", ".lock"):
                     (self.directory / f"{stem}{suffix}").unlink(missing_ok=True)
                 self._offsets.pop(path.name, None)

@@ -446,15 +446,16 @@ def new_ids(n: int, now: float | None = None) -> list[str]:
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n!r}")
     ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    noise = os.urandom(10 * n)
-    out = []
-    for i in range(n):
-        r = int.from_bytes(noise[10 * i : 10 * i + 10], "big")  # 80 bits, 74 used
-        rand_a = r & 0xFFF
-        rand_b = (r >> 12) & ((1 << 62) - 1)
-        value = (ms << 80) | (0x7 << 76) | (rand_a << 64) | (0b10 << 62) | rand_b
-        out.append(f"{value:032x}")
-    return out
+    prefix = f"{ms:012x}7"  # 48-bit milliseconds, version nibble 7
+    noise = os.urandom(10 * n).hex()  # 20 hex digits per id, 74 random bits used:
+    # 3 digits (rand_a), the variant digit 10xx (8..b, 2 random bits), 15 digits (rand_b)
+    return [
+        prefix + noise[i : i + 3] + _VARIANT[int(noise[i + 3], 16) & 3] + noise[i + 4 : i + 19]
+        for i in range(0, 20 * n, 20)
+    ]
+
+
+_VARIANT = "89ab"
 
 
 def rollback_target(history: Sequence[Switch]) -> str | None:

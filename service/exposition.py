@@ -92,6 +92,8 @@ class MetricsExposition:
         if target is None:
             raise RequestError(503, "no_model", "no version is being served")
         try:
+            if version is not None:  # an alias such as "latest" names its real version
+                target = store.get_version(self.runtime.name, version).version
             figures = self.figures(target)
         except LookupError:
             raise RequestError(

@@ -60,6 +60,8 @@ class ArgusCore:
         live = self._live()
         X = parse_instances(instances, live.n_features, self.settings.max_batch)
         client_ids = parse_ids(ids, len(X))
+        if client_ids is not None:
+            await self._check_new_ids(client_ids)  # a reused id never reaches the model
         started = time.perf_counter()
         pred = live.predict(X)
         _check_finite_output(pred)
@@ -79,7 +81,7 @@ class ArgusCore:
             anomalous=pred.anomalous,
             inputs=X,
         )
-        await self._record(batch, check_ids=client_ids is not None)
+        await self._record(batch)
         n_anomalous = int(pred.anomalous.sum())
         self.metrics.predictions.labels(live.name, live.version).inc(len(X))
         if n_anomalous:
@@ -108,27 +110,29 @@ class ArgusCore:
             ],
         }
 
-    async def _record(self, batch: PredictionBatch, check_ids: bool) -> None:
+    async def _check_new_ids(self, ids: list[str]) -> None:
+        """409 for client ids already in the log. If the store cannot be read, the rows
+        are answered and recorded all the same (a journaled id that turns out taken is
+        dropped at ingestion); the failure is counted and logged."""
+        try:
+            taken = await asyncio.to_thread(self.state.lookup, ids)
+        except StateError as exc:
+            self.metrics.state_errors.labels("lookup").inc()
+            log.error("client ids not checked against the log, recording anyway: %s", exc)
+            return
+        if taken:
+            raise RequestError(409, "duplicate_ids", f"ids already recorded: {sorted(taken)[:5]}")
+
+    async def _record(self, batch: PredictionBatch) -> None:
         """Make the predictions durable before the response leaves.
 
-        A journal append is one small local write, done inline; checking client ids
-        against the log, or writing through to a networked store, runs in a thread. A
-        duplicate client id is the client's error (409). A failing store is not: the
+        A journal append is one small local write, done inline; writing through to a
+        networked store runs in a thread. A duplicate id that raced past
+        ``_check_new_ids`` is the client's error (409). A failing store is not: the
         prediction is still answered (availability over monitoring completeness), the
         failure is counted and logged.
         """
         try:
-            if check_ids:
-                try:
-                    await asyncio.to_thread(self.state.record_batch, batch, True)
-                    return
-                except DuplicateIdError:
-                    raise
-                except StateError as exc:
-                    # the store cannot check the ids now: record the rows all the same (a
-                    # journaled id that turns out taken is dropped at ingestion)
-                    self.metrics.state_errors.labels("lookup").inc()
-                    log.error("client ids not checked against the log, recording anyway: %s", exc)
             if self.state.fast_writes:
                 self.state.record_batch(batch, check_ids=False)
             else:
@@ -271,9 +275,10 @@ class ArgusCore:
 
     @staticmethod
     def _check_token(authorization: str | None, token: str, variable: str) -> None:
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, credentials = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():  # the scheme is case-free
             raise RequestError(401, "unauthorized", f"send 'Authorization: Bearer <{variable}>'")
-        given = authorization[len("Bearer ") :].strip().encode()
+        given = credentials.strip().encode()
         if not hmac.compare_digest(given, token.encode()):
             raise RequestError(403, "forbidden", "the bearer token is not valid")
 

@@ -1,7 +1,8 @@
 """ASGI middleware in front of BentoML's routes: body size limit and refusal counting.
 
 * A body over ``max_body_bytes`` is refused with 413 before it reaches any handler, both
-  when ``Content-Length`` says so and when a chunked body grows past the limit.
+  when ``Content-Length`` says so and when a chunked body grows past the limit (a body
+  without ``Content-Length`` is read into memory, up to the limit, before the app runs).
 * A 4xx that BentoML produced itself (malformed JSON, a missing field, wrong content
   type) is counted in ``argus_invalid_requests_total`` like the ones Argus refuses; the
   handlers mark their own refusals with the ``x-argus-reason`` header, counted already.
@@ -46,22 +47,18 @@ class LimitsMiddleware:
         if length is not None and length > self.max_body_bytes:
             await self._too_large(send)
             return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge
-            return message
+        if length is None:
+            # A body without Content-Length (chunked) is read here, up to the limit, before
+            # the app sees it: raised from inside BentoML's handler, the refusal would
+            # become BentoML's 500. The server enforces a declared Content-Length itself.
+            try:
+                receive = await self._buffered(receive)
+            except BodyTooLarge:
+                await self._too_large(send)
+                return
 
         async def counting_send(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
                 status = int(message["status"])
                 headers = dict(message.get("headers", []))
                 if 400 <= status < 500 and REASON_HEADER not in headers:
@@ -69,11 +66,29 @@ class LimitsMiddleware:
                     get_metrics().invalid_requests.labels(reason).inc()
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, counting_send)
-        except BodyTooLarge:
-            if not started:
-                await self._too_large(send)
+        await self.app(scope, receive, counting_send)
+
+    async def _buffered(self, receive: Any) -> Any:
+        """Read the whole body (at most ``max_body_bytes``); return a replaying receive."""
+        chunks: list[bytes] = []
+        received = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: pass that on
+                pending = [message]
+                break
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:
+                raise BodyTooLarge
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+                break
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        return replay
 
     async def _too_large(self, send: Any) -> None:
         message = f"request body is larger than {self.max_body_bytes} bytes"

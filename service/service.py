@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import bentoml
+from pydantic_core import to_json
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from argus.settings import Settings
@@ -120,9 +121,10 @@ class Argus:
             threads=settings.onnx_threads,
             model_source=settings.model_source,
         )
-        runtime.refresh()
-        if not runtime.ready:
-            raise RuntimeError(f"no servable version of {settings.model}: {runtime.last_error}")
+        if not runtime.refresh():
+            # Not fatal: the worker stays up, /readyz says 503 and /predict answers 503
+            # until the pointer names a version that loads (polled like any switch).
+            log.error("no servable version of %s yet: %s", settings.model, runtime.last_error)
         self.core = ArgusCore(settings, state, runtime, get_metrics())
         self.exposition = MetricsExposition(settings, state, runtime)
         _CORE, _EXPOSITION = self.core, self.exposition
@@ -142,6 +144,9 @@ class Argus:
             except Exception:  # keep polling whatever one round did
                 log.exception("live-pointer poll failed")
 
+    def __is_ready__(self) -> bool:
+        return self.core.runtime.ready
+
     def __metrics__(self, text: str) -> str:
         try:
             return text + self.exposition.render()
@@ -157,9 +162,12 @@ class Argus:
         """Predict each row of ``instances`` (numbers, one list per row); optional ``ids``."""
         ctx.response.headers["x-argus-worker"] = self._worker
         try:
-            return await self.core.predict(instances, ids)
+            result = await self.core.predict(instances, ids)
         except RequestError as exc:
             return self._error(ctx, exc)
+        # Serialised here in one call: BentoML's generic path for a dict output rebuilds
+        # the output's JSON schema on every call, a measurable share of a small request.
+        return cast(dict[str, Any], Response(to_json(result), media_type="application/json"))
 
     @bentoml.api(route="/feedback")
     async def feedback(self, ctx: bentoml.Context, feedback: list[Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import AllowInfNan, Strict, TypeAdapter, ValidationError
 
 MAX_ID_LENGTH = 128
+MAX_LABEL = 2**31 - 1  # class indices beyond this fit no model (and no SQLite INTEGER)
 
 _Rows = TypeAdapter(list[list[Annotated[float, Strict(), AllowInfNan(False)]]])
 
@@ -80,6 +81,10 @@ def _row_error(exc: ValidationError, instances: list[Any]) -> RequestError:
     value = instances[i][j]
     if err["type"] == "finite_number":
         return RequestError(400, "not_finite", f"row {i}, feature {j}: NaN or infinity")
+    if isinstance(value, int) and not isinstance(value, bool):  # an integer beyond float64
+        return RequestError(
+            400, "not_finite", f"row {i}, feature {j}: value does not fit in float32"
+        )
     return RequestError(
         400, "not_numeric", f"row {i}, feature {j}: expected a number, got {_kind(value)}"
     )
@@ -103,10 +108,21 @@ def parse_ids(ids: Any, n_rows: int) -> list[str] | None:
                 "bad_ids",
                 f"ids[{i}] must be a non-empty string of at most {MAX_ID_LENGTH} characters",
             )
+        if not _utf8(value):
+            raise RequestError(400, "bad_ids", f"ids[{i}] is not valid Unicode text")
         if value in seen:
             raise RequestError(400, "duplicate_ids", f"ids[{i}] {value!r} appears twice")
         seen.add(value)
     return list(ids)
+
+
+def _utf8(value: str) -> bool:
+    """False for text no store can keep, such as a lone surrogate from a JSON escape."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_feedback(feedback: Any, max_items: int) -> list[tuple[str, int]]:
@@ -126,11 +142,15 @@ def parse_feedback(feedback: Any, max_items: int) -> list[tuple[str, int]]:
         if not isinstance(item, dict):
             raise RequestError(400, "bad_type", f"feedback[{i}] must be an object")
         fid, label = item.get("id"), item.get("label")
-        if not isinstance(fid, str) or not fid or len(fid) > MAX_ID_LENGTH:
+        if not isinstance(fid, str) or not fid or len(fid) > MAX_ID_LENGTH or not _utf8(fid):
             raise RequestError(400, "bad_ids", f"feedback[{i}].id must be a non-empty string")
         if isinstance(label, bool) or not isinstance(label, int):
             raise RequestError(
                 400, "bad_label", f"feedback[{i}].label must be an integer, got {_kind(label)}"
+            )
+        if not 0 <= label <= MAX_LABEL:
+            raise RequestError(
+                400, "bad_label", f"feedback[{i}].label is not a class index (0..{MAX_LABEL})"
             )
         pairs.append((fid, label))
     return pairs

@@ -89,6 +89,7 @@ BAD_PREDICT = [
     ([[0.0] * 64] * 2, ["a", "a"], 400, "duplicate_ids", "appears twice"),
     ([[0.0] * 64] * 2, ["a"], 400, "bad_ids", "one per row"),
     ([[0.0] * 64], [7], 400, "bad_ids", "ids[0]"),
+    ([[0.0] * 64], ["\ud800"], 400, "bad_ids", "not valid Unicode"),
     ([[0.0] * 64] * 11, None, 413, "too_many_rows", "at most 10"),
 ]
 
