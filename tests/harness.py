@@ -69,7 +69,9 @@ class ArgusServer:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout: float = 120.0) -> ArgusServer:
+    def start(self, timeout: float = 120.0, ready: bool = True) -> ArgusServer:
+        """Start and wait until every worker is up and ``/readyz`` says 200 (or, with
+        ``ready=False``, until the workers answer ``/livez``)."""
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -84,8 +86,9 @@ class ArgusServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"argus serve exited early:\n{self.log()}")
             try:
+                probe = "/readyz" if ready else "/livez"
                 if (
-                    httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+                    httpx.get(f"{self.url}{probe}", timeout=2).status_code == 200
                     and len(self.worker_pids()) >= self.workers
                 ):
                     return self

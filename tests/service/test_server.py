@@ -234,3 +234,37 @@ def test_http_errors_are_4xx_json_never_5xx(server: ArgusServer) -> None:
     assert 'argus_invalid_requests_total{reason="body_too_large"} 1.0' in metrics
     assert 'argus_invalid_requests_total{reason="unsupported_media_type"} 1.0' in metrics
     assert "argus_predictions_total" not in metrics  # nothing reached the model
+
+
+def test_a_live_version_that_will_not_load_leaves_workers_up_and_not_ready(
+    tmp_path: Path, versions: list[StoredVersion]
+) -> None:
+    old, new = versions
+    store_dir = seed_store(Path(os.environ["BENTOML_HOME"]), old.name, tmp_path)
+    model = store_dir / "models" / old.name / new.version / "model.onnx"
+    model.write_bytes(model.read_bytes()[:500])  # the newest (serving) version is damaged
+    srv = ArgusServer(tmp_path, old.name, env={"ARGUS_ADMIN_TOKEN": TOKEN})
+    try:
+        srv.start(ready=False)
+        pids = srv.worker_pids()
+        with srv.client() as c:
+            assert c.get("/readyz").status_code == 503
+            r = c.post("/predict", json={"instances": rows(1)})
+            assert r.status_code == 503 and r.json()["reason"] == "no_model"
+        # an operator points the live version at a good one: the workers follow, no restart
+        state = open_shared_state(None, tmp_path)
+        state.set_live(old.name, old.version, reason="activate", t=time.time())
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with srv.client() as c:
+                if c.get("/readyz").status_code == 200:
+                    break
+            time.sleep(0.2)
+        time.sleep(1.0)  # the other worker polls the pointer too (every 0.25 s here)
+        for _ in range(6):  # fresh connections: either worker may answer
+            with srv.client() as c:
+                r = c.post("/predict", json={"instances": rows(1)})
+                assert r.status_code == 200 and r.json()["version"] == old.version
+        assert srv.worker_pids() == pids  # no worker crashed or restarted
+    finally:
+        srv.stop()
