@@ -24,7 +24,7 @@ from sklearn.datasets import load_digits
 
 from monitoring.profile import build_profile
 from monitoring.state import PredictionRecord, open_state
-from monitoring.windows import window_figures
+from monitoring.windows import StateWindows
 
 TARGET_MS = 200.0
 
@@ -76,48 +76,12 @@ def main() -> None:
         state.record_feedback([(ids[i], int(y[live[i]])) for i in range(0, args.rows, 2)], 2000.0)
 
         def from_state() -> None:
-            inputs = state.input_window("m", "v", args.rows)
-            pw = state.prediction_window("m", "v", args.rows)
-            lw = state.labelled_window("m", "v", args.rows)
-            c = state.counts("m", "v")
-            window_figures(
-                model="m",
-                version="v",
-                profile=profile,
-                inputs=inputs,
-                predicted=pw.labels,
-                confidences=pw.confidences,
-                probabilities=pw.probabilities,
-                anomalous=pw.anomalous,
-                anomaly_scores=pw.anomaly_scores,
-                labelled_predicted=lw.predicted,
-                labelled_true=lw.true,
-                label_delays=lw.feedback_t - lw.t,
-                predictions_total=c.predictions,
-                labelled_total=c.labelled,
-            )
+            StateWindows.read(state, "m", "v", args.rows, args.rows).figures(profile)
 
-        inputs = state.input_window("m", "v", args.rows)
-        pw = state.prediction_window("m", "v", args.rows)
-        lw = state.labelled_window("m", "v", args.rows)
+        windows = StateWindows.read(state, "m", "v", args.rows, args.rows)
 
         def figures_only() -> None:
-            window_figures(
-                model="m",
-                version="v",
-                profile=profile,
-                inputs=inputs,
-                predicted=pw.labels,
-                confidences=pw.confidences,
-                probabilities=pw.probabilities,
-                anomalous=pw.anomalous,
-                anomaly_scores=pw.anomaly_scores,
-                labelled_predicted=lw.predicted,
-                labelled_true=lw.true,
-                label_delays=lw.feedback_t - lw.t,
-                predictions_total=args.rows,
-                labelled_total=len(lw),
-            )
+            windows.figures(profile)
 
         results = {}
         for name, fn in (

@@ -16,6 +16,7 @@ import numpy as np
 from monitoring.drift import DriftReport, InputDriftDetector, PredictionDrift, prediction_drift
 from monitoring.performance import ClassificationReport, classification_report, estimated_accuracy
 from monitoring.profile import ReferenceProfile
+from monitoring.state import Counts, LabelledWindow, PredictionWindow, StateStore
 
 DELAY_QUANTILES = (0.5, 0.9, 0.99)
 SCORE_QUANTILES = (0.5, 0.9, 0.99)
@@ -141,3 +142,47 @@ def window_figures(
 def _quantiles(values: np.ndarray, qs: tuple[float, ...]) -> dict[str, float]:
     points = np.quantile(np.asarray(values, dtype=np.float64), qs)
     return {f"p{round(q * 100)}": float(v) for q, v in zip(qs, points, strict=True)}
+
+
+@dataclass(frozen=True, eq=False)
+class StateWindows:
+    """The rows one version's figures rest on, as read from the shared state."""
+
+    model: str
+    version: str
+    inputs: np.ndarray
+    predictions: PredictionWindow
+    labelled: LabelledWindow
+    counts: Counts
+
+    @classmethod
+    def read(
+        cls, state: StateStore, model: str, version: str, input_rows: int, label_rows: int
+    ) -> StateWindows:
+        return cls(
+            model,
+            version,
+            state.input_window(model, version, input_rows),
+            state.prediction_window(model, version, input_rows),
+            state.labelled_window(model, version, label_rows),
+            state.counts(model, version),
+        )
+
+    def figures(self, profile: ReferenceProfile) -> WindowFigures:
+        p, lab = self.predictions, self.labelled
+        return window_figures(
+            model=self.model,
+            version=self.version,
+            profile=profile,
+            inputs=self.inputs,
+            predicted=p.labels,
+            confidences=p.confidences,
+            probabilities=p.probabilities,
+            anomalous=p.anomalous,
+            anomaly_scores=p.anomaly_scores,
+            labelled_predicted=lab.predicted,
+            labelled_true=lab.true,
+            label_delays=lab.feedback_t - lab.t,
+            predictions_total=self.counts.predictions,
+            labelled_total=self.counts.labelled,
+        )

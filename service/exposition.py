@@ -25,7 +25,7 @@ from argus.settings import Settings
 from models import store
 from monitoring.profile import ReferenceProfile
 from monitoring.state import StateStore
-from monitoring.windows import WindowFigures, window_figures
+from monitoring.windows import StateWindows, WindowFigures
 from service.runtime import ModelRuntime
 from service.validation import RequestError
 
@@ -62,29 +62,11 @@ class MetricsExposition:
         return figures
 
     def compute(self, version: str) -> WindowFigures:
-        name = self.runtime.name
-        profile = self._profile(version)
         s = self.settings
-        inputs = self.state.input_window(name, version, s.input_window)
-        preds = self.state.prediction_window(name, version, s.input_window)
-        labelled = self.state.labelled_window(name, version, s.label_window)
-        counts = self.state.counts(name, version)
-        return window_figures(
-            model=name,
-            version=version,
-            profile=profile,
-            inputs=inputs,
-            predicted=preds.labels,
-            confidences=preds.confidences,
-            probabilities=preds.probabilities,
-            anomalous=preds.anomalous,
-            anomaly_scores=preds.anomaly_scores,
-            labelled_predicted=labelled.predicted,
-            labelled_true=labelled.true,
-            label_delays=labelled.feedback_t - labelled.t,
-            predictions_total=counts.predictions,
-            labelled_total=counts.labelled,
+        windows = StateWindows.read(
+            self.state, self.runtime.name, version, s.input_window, s.label_window
         )
+        return windows.figures(self._profile(version))
 
     def snapshot(self, version: str | None = None) -> dict[str, Any]:
         live = self.runtime.live.version if self.runtime.ready else None
