@@ -144,6 +144,12 @@ class Argus:
             except Exception:  # keep polling whatever one round did
                 log.exception("live-pointer poll failed")
 
+    @bentoml.on_shutdown
+    def _close_state(self) -> None:
+        """Ingest what this worker journaled and release its journal (a killed worker's
+        journal is ingested by the next reader instead)."""
+        self.core.state.close()
+
     def __is_ready__(self) -> bool:
         return self.core.runtime.ready
 
