@@ -54,6 +54,7 @@ from monitoring.state import (
     PredictionBatch,
     PredictionRecord,
     PredictionWindow,
+    StateOptions,
     StateStore,
     Switch,
     open_state,
@@ -186,9 +187,7 @@ class JournaledState:
             taken = sorted(self.lookup(list(batch.ids)))
             if taken:
                 raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken)
-        if self.options.input_window == 0 and not self.options.store_inputs:
-            batch = PredictionBatch(**{**batch.__dict__, "inputs": None})
-        self.journal.append(batch.encode())
+        self.journal.append(_inputs_as_kept(batch, self.options).encode())
 
     def record_predictions(
         self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
@@ -446,9 +445,7 @@ class WriteThroughState:
         self.options = inner.options
 
     def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
-        if self.options.input_window == 0 and not self.options.store_inputs:
-            batch = PredictionBatch(**{**batch.__dict__, "inputs": None})
-        self.inner.record_batches([batch])
+        self.inner.record_batches([_inputs_as_kept(batch, self.options)])
 
     def ingest(self) -> int:
         return 0
@@ -477,6 +474,13 @@ def open_shared_state(
 
 
 _OFFSET = struct.Struct("<Q")
+
+
+def _inputs_as_kept(batch: PredictionBatch, options: StateOptions) -> PredictionBatch:
+    """Drop the raw inputs when no store keeps them (no drift window, no input logging)."""
+    if options.input_window == 0 and not options.store_inputs:
+        return PredictionBatch(**{**batch.__dict__, "inputs": None})
+    return batch
 
 
 def _read_offset(path: Path) -> int:
