@@ -22,6 +22,7 @@ from starlette.routing import Route
 from argus.settings import Settings
 from models.errors import StateError
 from monitoring.journal import open_shared_state
+from service import timeout
 from service.exposition import MetricsExposition
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
@@ -88,6 +89,7 @@ read_api = Starlette(
 )
 
 _SETTINGS = Settings.from_env()
+timeout.install()  # BentoML's own timeout keeps each request alive for the whole timeout
 
 
 @bentoml.asgi_app(read_api, path="/")

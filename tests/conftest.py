@@ -7,6 +7,7 @@ store; tests stay independent by registering under a model name of their own.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -27,6 +28,11 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["BENTOML_DO_NOT_TRACK"] = "true"
     for key in ("ARGUS_ADMIN_TOKEN", "ARGUS_FEEDBACK_TOKEN", "ARGUS_STATE_URL", "ARGUS_MODEL"):
         os.environ.pop(key, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's store and state: a test run leaves nothing in /tmp."""
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture
