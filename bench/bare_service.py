@@ -10,6 +10,10 @@ and JSON in and out. Settings come from the environment:
   Argus does, so a comparison isolates the monitoring; ``dict`` returns the dict and lets
   BentoML serialise it, the conventional way to write a BentoML service.
 
+It gets Argus's request-timeout fix (``service/timeout.py``): BentoML's own timeout keeps
+every request alive for 60 s, and the garbage collector then walks all of them, a cost
+that has nothing to do with monitoring.
+
 Run from the repo root, with a ``BENTOML_HOME`` of its own::
 
     BARE_MODEL_PATH=.../model.onnx python -m bentoml serve bench.bare_service:Bare --port 3001
@@ -25,6 +29,10 @@ import numpy as np
 import onnxruntime as ort
 from pydantic_core import to_json
 from starlette.responses import Response
+
+from service import timeout
+
+timeout.install()
 
 WORKERS = max(1, int(os.environ.get("BARE_WORKERS", "2")))
 RESPONSE = os.environ.get("BARE_RESPONSE", "raw")  # "raw" (as Argus) or "dict"
