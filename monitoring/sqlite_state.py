@@ -85,6 +85,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydantic_core import to_json
 
 from models.errors import StateError
 from monitoring.state import (
@@ -544,7 +545,7 @@ class SQLiteState:
         rings: dict[int, list[tuple[int, _Block]]] = {}
         for b in blocks:
             vid = vids[(b.model, b.version)]
-            listed = json.dumps(b.ids, ensure_ascii=False)
+            listed = to_json(list(b.ids)).decode()
             d = 0 if b.x is None else b.x.shape[1]
             block_rows.append(
                 (number, vid, float(b.ts.max()), len(b.ids), b.probabilities.shape[1], d,

@@ -13,7 +13,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,7 @@ class ArgusCore:
         self.metrics = metrics
         self.clock = clock
         self._n_classes: dict[tuple[str, str], int] = {}
+        self._series: dict[tuple[str, str], _VersionSeries] = {}
 
     # -- predict ---------------------------------------------------------------------
 
@@ -65,9 +66,8 @@ class ArgusCore:
         started = time.perf_counter()
         pred = live.predict(X)
         _check_finite_output(pred)
-        self.metrics.inference_duration.labels(live.name, live.version).observe(
-            time.perf_counter() - started
-        )
+        series = self._series_of(live)
+        series.inference_duration.observe(time.perf_counter() - started)
         row_ids = client_ids if client_ids is not None else self.state.new_ids(len(X))
         batch = PredictionBatch(
             model=live.name,
@@ -83,12 +83,10 @@ class ArgusCore:
         )
         await self._record(batch)
         n_anomalous = int(pred.anomalous.sum())
-        self.metrics.predictions.labels(live.name, live.version).inc(len(X))
+        series.predictions.inc(len(X))
         if n_anomalous:
-            self.metrics.anomalies.labels(live.name, live.version).inc(n_anomalous)
-        observe_many(
-            self.metrics.anomaly_score.labels(live.name, live.version), pred.anomaly_scores
-        )
+            series.anomalies.inc(n_anomalous)
+        observe_many(series.anomaly_score, pred.anomaly_scores)
         probabilities = pred.probabilities.tolist()
         labels = pred.labels.tolist()
         confidences = pred.confidences.tolist()
@@ -109,6 +107,20 @@ class ArgusCore:
                 for i in range(len(row_ids))
             ],
         }
+
+    def _series_of(self, live: LoadedVersion) -> _VersionSeries:
+        """The version's metric children, looked up once (``labels()`` takes a lock)."""
+        key = (live.name, live.version)
+        series = self._series.get(key)
+        if series is None:
+            m = self.metrics
+            series = self._series[key] = _VersionSeries(
+                inference_duration=m.inference_duration.labels(*key),
+                predictions=m.predictions.labels(*key),
+                anomalies=m.anomalies.labels(*key),
+                anomaly_score=m.anomaly_score.labels(*key),
+            )
+        return series
 
     async def _check_new_ids(self, ids: list[str]) -> None:
         """409 for client ids already in the log. If the store cannot be read, the rows
@@ -281,6 +293,14 @@ class ArgusCore:
         given = credentials.strip().encode()
         if not hmac.compare_digest(given, token.encode()):
             raise RequestError(403, "forbidden", "the bearer token is not valid")
+
+
+@dataclass(frozen=True)
+class _VersionSeries:
+    inference_duration: Any
+    predictions: Any
+    anomalies: Any
+    anomaly_score: Any
 
 
 def _check_finite_output(pred: Prediction) -> None:
