@@ -8,6 +8,7 @@ nothing that matters lives only in one worker's memory.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from typing import Any, cast
@@ -132,6 +133,11 @@ class Argus:
         _CORE, _EXPOSITION = self.core, self.exposition
         self._worker = str(os.getpid())  # x-argus-worker: which process answered
         log.info("worker %d serving %s", os.getpid(), runtime.describe())
+        # Everything built so far (modules, the model, the state) lives as long as the
+        # worker: take it out of the collector's sight, or every full collection walks
+        # ~160k objects again (about 80 ms each, every second or two under load).
+        gc.collect()
+        gc.freeze()
 
     @bentoml.on_startup
     async def _follow_live_pointer(self) -> None:
