@@ -23,7 +23,7 @@ from starlette.routing import Route
 from argus.settings import Settings
 from models.errors import StateError
 from monitoring.journal import open_shared_state
-from service import timeout
+from service import logs, timeout
 from service.exposition import MetricsExposition
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
@@ -91,6 +91,7 @@ read_api = Starlette(
 
 _SETTINGS = Settings.from_env()
 timeout.install()  # BentoML's own timeout keeps each request alive for the whole timeout
+logs.install()  # BentoML logs each malformed body as an ERROR traceback
 
 
 @bentoml.asgi_app(read_api, path="/")

@@ -10,6 +10,7 @@ before and after.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,3 +262,29 @@ def test_the_matrix_covers_the_issue(server: Hardened) -> None:
     ):  # fmt: skip
         assert wanted in ids
     print(f"\nbad-input matrix: {len(CASES)} cases")
+
+
+def test_malformed_bodies_are_logged_as_warnings_without_data(server: Hardened) -> None:
+    """BentoML's own refusals (no JSON, a missing field, a wrong JSON type) leave one
+    warning line each in the server log: no ERROR traceback, none of the body."""
+    bodies = [b"not json at all", b'{"nope": "marker-1"}', b'{"instances": "marker-2"}']
+    path = server.server.log_path
+    start = path.stat().st_size
+
+    def written() -> str:
+        with open(path, "rb") as f:
+            f.seek(start)
+            return f.read().decode(errors="replace")
+
+    with server.server.client() as c:
+        for body in bodies:
+            r = c.post("/predict", content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 400, r.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and written().count("refused a malformed") < 3:
+        time.sleep(0.2)
+    log = written()
+    assert log.count("refused a malformed request on /predict (400)") == 3, log[-2000:]
+    assert "Field required" in log and "Invalid JSON" in log
+    assert "marker-1" not in log and "marker-2" not in log and "not json at all" not in log
+    assert "Traceback" not in log and "ValidationError" not in log, log[-3000:]
