@@ -444,7 +444,7 @@ def test_forked_child_opens_its_own_connection(backend: Backend) -> None:
 def _client_id(store: StateStore) -> object:
     if RedisState is not None and isinstance(store, RedisState):
         return store._connection().client.client_id()  # the server's id of our connection
-    return id(getattr(store._local, "conn", None))  # type: ignore[attr-defined]
+    return id(getattr(store._db._local, "conn", None))  # type: ignore[attr-defined]
 
 
 def test_closed_store_refuses_use(backend: Backend) -> None:
