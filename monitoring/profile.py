@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from monitoring.anomaly import SubspaceAnomalyDetector
-from monitoring.drift import bin_counts, bin_counts_matrix, quantile_edges
+from monitoring.binned import bin_counts, bin_counts_matrix, quantile_edges
 
 SCHEMA_VERSION = 1
 
@@ -65,7 +65,7 @@ class ReferenceProfile:
     n_reference : int
         Rows the bins were built from.
     edges, reference_counts : tuple of ndarray
-        Per feature: cut points (:func:`monitoring.drift.quantile_edges`) and the reference
+        Per feature: cut points (:func:`monitoring.binned.quantile_edges`) and the reference
         counts in those bins (each sums to ``n_reference``).
     sample : ndarray of float32, shape (m, n_features)
         Seeded random sample of the reference rows for KS tests.

@@ -1,4 +1,4 @@
-"""monitoring.drift against scipy and direct formulas; behaviour on scikit-learn's digits."""
+"""monitoring.binned, .ks and .drift against scipy and direct formulas, and on digits."""
 
 from __future__ import annotations
 
@@ -14,20 +14,16 @@ from scipy.spatial.distance import jensenshannon
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from monitoring import drift
+from monitoring import binned, drift, ks
+from monitoring.binned import bin_counts, bin_counts_matrix, js_distance, psi, quantile_edges
 from monitoring.drift import (
     DriftReport,
     FeatureDrift,
     InputDriftDetector,
     benjamini_hochberg,
-    bin_counts,
-    bin_counts_matrix,
-    js_distance,
-    ks_2samp_columns,
     prediction_drift,
-    psi,
-    quantile_edges,
 )
+from monitoring.ks import ks_2samp_columns
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +162,7 @@ def _assert_ks_matches_scipy(ref: np.ndarray, cur: np.ndarray) -> None:
 
 
 def test_ks_matches_scipy_on_digits_with_ties(digits: dict[str, np.ndarray]) -> None:
-    drift._SF_CACHE.clear()
+    ks._SF_CACHE.clear()
     _assert_ks_matches_scipy(digits["train"], digits["test"])
     shifted = digits["test"].copy()
     shifted[:, 20:30] += 2.0
@@ -234,7 +230,7 @@ def test_ks_is_fast_for_784_columns() -> None:
     cur = rng.integers(0, 256, (1000, 784)).astype(np.float32)
     best = math.inf
     for _ in range(3):
-        drift._SF_CACHE.clear()  # cold: every p-value computed afresh
+        ks._SF_CACHE.clear()  # cold: every p-value computed afresh
         start = time.perf_counter()
         stat, _ = ks_2samp_columns(ref, cur)
         best = min(best, time.perf_counter() - start)
@@ -460,4 +456,6 @@ def test_prediction_drift_quiet_when_nothing_changes() -> None:
 
 
 def test_docstring_examples() -> None:
-    assert doctest.testmod(drift).failed == 0
+    for module in (binned, ks, drift):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

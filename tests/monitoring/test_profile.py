@@ -11,7 +11,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from monitoring import profile as profile_module
-from monitoring.drift import InputDriftDetector, bin_counts, quantile_edges
+from monitoring.binned import bin_counts, quantile_edges
+from monitoring.drift import InputDriftDetector
 from monitoring.profile import SCHEMA_VERSION, ReferenceProfile, build_profile
 
 

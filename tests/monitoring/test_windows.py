@@ -9,7 +9,7 @@ from scipy.stats import chisquare, ks_2samp
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
-from monitoring.drift import bin_counts
+from monitoring.binned import bin_counts
 from monitoring.profile import build_profile
 from monitoring.windows import window_figures
 

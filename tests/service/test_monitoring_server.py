@@ -19,7 +19,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from models.store import StoredVersion
-from monitoring.drift import bin_counts
+from monitoring.binned import bin_counts
 from monitoring.profile import ReferenceProfile
 from tests.harness import ArgusServer, seed_store
 
