@@ -229,6 +229,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from models import store
 
     name = args.model or settings.model
+    env = dict(os.environ)
+    for key, value in (
+        ("ARGUS_HOME", str(settings.home)),
+        ("ARGUS_MODEL", name),
+        ("ARGUS_HOST", args.host or settings.host),
+        ("ARGUS_PORT", str(args.port or settings.port)),
+        ("ARGUS_WORKERS", str(args.workers or settings.workers)),
+        ("BENTOML_HOME", str(settings.bentoml_home)),
+    ):
+        env[key] = value
+    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    serving = Settings.from_env(env)  # refuse bad values here, not in every worker
+    check_can_listen(serving.host, serving.port)  # before a training run, not after it
     if store.newest(name) is None and settings.model_source is not None:
         imported, problems = store.sync_from(settings.model_source, name)
         for problem in problems:
@@ -243,18 +256,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no version of {name} yet: training the default model first", file=sys.stderr)
         train_args = build_parser().parse_args(["train", "--name", name, "--no-progress"])
         cmd_train(train_args, settings)
-    env = dict(os.environ)
-    for key, value in (
-        ("ARGUS_HOME", str(settings.home)),
-        ("ARGUS_MODEL", name),
-        ("ARGUS_HOST", args.host or settings.host),
-        ("ARGUS_PORT", str(args.port or settings.port)),
-        ("ARGUS_WORKERS", str(args.workers or settings.workers)),
-        ("BENTOML_HOME", str(settings.bentoml_home)),
-    ):
-        env[key] = value
-    env.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    Settings.from_env(env)  # refuse bad values here, not in every worker
     command = [
         sys.executable,
         "-m",
@@ -275,6 +276,31 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     sys.stderr.flush()
     os.execve(sys.executable, command, env)
     return 0  # not reached
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Raise ``ArgusError`` if ``host:port`` cannot be listened on, the way BentoML's
+    arbiter binds it (``SO_REUSEADDR``); otherwise BentoML fails later with a traceback.
+    The port is free again when this returns, so a server started right after can bind."""
+    import errno
+    import socket
+
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ArgusError(f"cannot serve on {where}: unknown host ({exc.strerror})") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            hint = {
+                errno.EADDRINUSE: "the port is in use (another server?): choose one with --port",
+                errno.EACCES: "permission denied (ports below 1024 need privileges)",
+                errno.EADDRNOTAVAIL: "the host is not an address of this machine",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise ArgusError(f"cannot serve on {where}: {hint}") from None
 
 
 # -- train -----------------------------------------------------------------------------

@@ -4,6 +4,8 @@ activate/rollback, register-onnx, and one-line errors with a non-zero exit."""
 from __future__ import annotations
 
 import csv
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +123,30 @@ def test_bad_input_is_one_line_and_non_zero(
     assert err.startswith("argus: error:") and message.lower() in err.lower(), err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert store.list_versions(model_name) == []
+
+
+def test_serve_refuses_an_address_it_cannot_listen_on_before_training(
+    capsys: pytest.CaptureFixture[str], model_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BentoML's own failure to bind is a traceback, after ``--train-if-empty`` has trained."""
+
+    def no_exec(*args: object) -> None:
+        raise AssertionError("argus serve went on to start BentoML")
+
+    monkeypatch.setattr(os, "execve", no_exec)
+    with socket.socket() as held:  # a port another server listens on
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        argv = ["serve", "--port", str(port), "--model", model_name, "--train-if-empty"]
+        code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert err == f"argus: error: cannot serve on 127.0.0.1:{port}: the port is in use " + (
+        "(another server?): choose one with --port\n"
+    )
+    code, _, err = run(capsys, "serve", "--host", "192.0.2.1", "--model", model_name)
+    assert code == 1 and "192.0.2.1:3000: the host is not an address of this machine" in err
+    assert store.list_versions(model_name) == []  # refused before anything was trained
 
 
 def test_bad_csv_content_is_named(
