@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print a running server's monitoring figures")
     status.add_argument("--url", default=None, help="server URL (default http://HOST:PORT)")
     status.add_argument("--version", help="a version other than the live one")
-    status.add_argument("--top", type=int, default=10, help="how many drifted features to list")
+    status.add_argument(
+        "--top", type=_positive, default=10, help="how many drifted features to list"
+    )
     status.add_argument("--json", action="store_true", help="print the raw /monitoring JSON")
     status.set_defaults(func=cmd_status)
 
@@ -155,8 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the live version over HTTP")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 3000)")
-    serve.add_argument("--workers", type=int, help="worker processes (default 2)")
+    serve.add_argument("--port", type=_port, help="port (default 3000)")
+    serve.add_argument("--workers", type=_positive, help="worker processes (default 2)")
     serve.add_argument("--model", help="model name (default ARGUS_MODEL)")
     serve.add_argument(
         "--train-if-empty",
@@ -234,8 +236,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         ("ARGUS_HOME", str(settings.home)),
         ("ARGUS_MODEL", name),
         ("ARGUS_HOST", args.host or settings.host),
-        ("ARGUS_PORT", str(args.port or settings.port)),
-        ("ARGUS_WORKERS", str(args.workers or settings.workers)),
+        ("ARGUS_PORT", str(settings.port if args.port is None else args.port)),
+        ("ARGUS_WORKERS", str(settings.workers if args.workers is None else args.workers)),
         ("BENTOML_HOME", str(settings.bentoml_home)),
     ):
         env[key] = value
@@ -276,6 +278,27 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     sys.stderr.flush()
     os.execve(sys.executable, command, env)
     return 0  # not reached
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _whole(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value}")
+    return value
 
 
 def check_can_listen(host: str, port: int) -> None:

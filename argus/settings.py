@@ -76,6 +76,8 @@ class Settings:
         for name in ("port", "workers", "max_batch", "max_body_bytes", "retention_rows"):
             if int(getattr(self, name)) < 1:
                 raise SettingsError(f"ARGUS_{name.upper()} must be >= 1")
+        if self.port > 65535:
+            raise SettingsError("ARGUS_PORT must be a port number from 1 to 65535")
         for name in ("input_window", "label_window"):
             if int(getattr(self, name)) < 0:
                 raise SettingsError(f"ARGUS_{name.upper()} must be >= 0")

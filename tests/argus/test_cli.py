@@ -125,15 +125,21 @@ def test_bad_input_is_one_line_and_non_zero(
     assert store.list_versions(model_name) == []
 
 
-def test_serve_refuses_an_address_it_cannot_listen_on_before_training(
-    capsys: pytest.CaptureFixture[str], model_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """BentoML's own failure to bind is a traceback, after ``--train-if-empty`` has trained."""
+@pytest.fixture
+def no_exec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``argus serve`` execs BentoML when all is well: here that is a failure, not a server."""
 
-    def no_exec(*args: object) -> None:
+    def refuse(*args: object) -> None:
         raise AssertionError("argus serve went on to start BentoML")
 
-    monkeypatch.setattr(os, "execve", no_exec)
+    monkeypatch.setattr(os, "execve", refuse)
+
+
+@pytest.mark.usefixtures("no_exec")
+def test_serve_refuses_an_address_it_cannot_listen_on_before_training(
+    capsys: pytest.CaptureFixture[str], model_name: str
+) -> None:
+    """BentoML's own failure to bind is a traceback, after ``--train-if-empty`` has trained."""
     with socket.socket() as held:  # a port another server listens on
         held.bind(("127.0.0.1", 0))
         held.listen()
@@ -147,6 +153,39 @@ def test_serve_refuses_an_address_it_cannot_listen_on_before_training(
     code, _, err = run(capsys, "serve", "--host", "192.0.2.1", "--model", model_name)
     assert code == 1 and "192.0.2.1:3000: the host is not an address of this machine" in err
     assert store.list_versions(model_name) == []  # refused before anything was trained
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--workers", "0"], "argument --workers: must be >= 1, got 0"),
+        (["serve", "--port", "70000"], "argument --port: must be a port number from 1 to 65535"),
+        (["serve", "--port", "0"], "argument --port: must be a port number from 1 to 65535"),
+        (["serve", "--port", "abc"], "argument --port: expected a whole number, got 'abc'"),
+        (["status", "--top", "-1"], "argument --top: must be >= 1, got -1"),
+    ],
+)
+@pytest.mark.usefixtures("no_exec")
+def test_out_of_range_options_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """Before, ``--workers 0`` silently served with the default and ``--port 70000``
+    reached BentoML."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.usefixtures("no_exec")
+def test_an_out_of_range_port_in_the_environment_is_refused(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ARGUS_PORT", "70000")
+    code, _, err = run(capsys, "serve")
+    assert code == 1
+    assert err == "argus: error: ARGUS_PORT must be a port number from 1 to 65535\n"
 
 
 def test_bad_csv_content_is_named(
