@@ -70,6 +70,7 @@ class MetricsExposition:
 
     def snapshot(self, version: str | None = None) -> dict[str, Any]:
         live = self.runtime.live.version if self.runtime.ready else None
+        version = version or None  # "?version=" asks for nothing in particular: the live one
         target = version or live
         if target is None:
             raise RequestError(503, "no_model", "no version is being served")

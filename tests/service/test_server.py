@@ -230,6 +230,8 @@ def test_http_errors_are_4xx_json_never_5xx(server: ArgusServer) -> None:
         )
         assert r.status_code == 404 and "nope" in r.json()["error"]
         assert c.get("/monitoring", params={"version": "nope"}).status_code == 404
+        r = c.get("/monitoring", params={"version": ""})  # empty: the live version's figures
+        assert r.status_code == 200 and r.json()["version"] == r.json()["live"], r.text
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'argus_invalid_requests_total{reason="body_too_large"} 1.0' in metrics
     assert 'argus_invalid_requests_total{reason="unsupported_media_type"} 1.0' in metrics
