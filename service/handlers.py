@@ -65,7 +65,7 @@ class ArgusCore:
             await self._check_new_ids(client_ids)  # a reused id never reaches the model
         started = time.perf_counter()
         pred = live.predict(X)
-        _check_finite_output(pred)
+        check_finite_output(pred)
         series = self._series_of(live)
         series.inference_duration.observe(time.perf_counter() - started)
         row_ids = client_ids if client_ids is not None else self.state.new_ids(len(X))
@@ -82,31 +82,8 @@ class ArgusCore:
             inputs=X,
         )
         await self._record(batch)
-        n_anomalous = int(pred.anomalous.sum())
-        series.predictions.inc(len(X))
-        if n_anomalous:
-            series.anomalies.inc(n_anomalous)
-        observe_many(series.anomaly_score, pred.anomaly_scores)
-        probabilities = pred.probabilities.tolist()
-        labels = pred.labels.tolist()
-        confidences = pred.confidences.tolist()
-        scores = pred.anomaly_scores.tolist()
-        anomalous = pred.anomalous.tolist()
-        return {
-            "model": live.name,
-            "version": live.version,
-            "predictions": [
-                {
-                    "id": row_ids[i],
-                    "label": labels[i],
-                    "confidence": confidences[i],
-                    "probabilities": probabilities[i],
-                    "anomaly_score": scores[i],
-                    "anomalous": anomalous[i],
-                }
-                for i in range(len(row_ids))
-            ],
-        }
+        series.count(pred)
+        return answer(live, row_ids, pred)
 
     def _series_of(self, live: LoadedVersion) -> _VersionSeries:
         """The version's metric children, looked up once (``labels()`` takes a lock)."""
@@ -302,8 +279,40 @@ class _VersionSeries:
     anomalies: Any
     anomaly_score: Any
 
+    def count(self, pred: Prediction) -> None:
+        """Count a request's answered rows, its anomalous ones and their scores."""
+        self.predictions.inc(len(pred.labels))
+        n_anomalous = int(pred.anomalous.sum())
+        if n_anomalous:
+            self.anomalies.inc(n_anomalous)
+        observe_many(self.anomaly_score, pred.anomaly_scores)
 
-def _check_finite_output(pred: Prediction) -> None:
+
+def answer(live: LoadedVersion, row_ids: list[str], pred: Prediction) -> dict[str, Any]:
+    """The body of a ``/predict`` response (DESIGN.md's contract)."""
+    probabilities = pred.probabilities.tolist()
+    labels = pred.labels.tolist()
+    confidences = pred.confidences.tolist()
+    scores = pred.anomaly_scores.tolist()
+    anomalous = pred.anomalous.tolist()
+    return {
+        "model": live.name,
+        "version": live.version,
+        "predictions": [
+            {
+                "id": row_ids[i],
+                "label": labels[i],
+                "confidence": confidences[i],
+                "probabilities": probabilities[i],
+                "anomaly_score": scores[i],
+                "anomalous": anomalous[i],
+            }
+            for i in range(len(row_ids))
+        ],
+    }
+
+
+def check_finite_output(pred: Prediction) -> None:
     """Refuse rows the model cannot score: finite float32 inputs of huge magnitude (say
     3e38) overflow inside the graph to NaN probabilities, which would answer a made-up
     label and could not be logged (NaN is no number for the log or the windows)."""
