@@ -23,7 +23,8 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from monitoring.profile import build_profile
-from monitoring.state import PredictionRecord, open_state
+from monitoring.records import PredictionRecord
+from monitoring.state import open_state
 from monitoring.windows import StateWindows
 
 TARGET_MS = 200.0

@@ -43,16 +43,13 @@ from typing import Any
 import numpy as np
 
 from models.errors import StateError
+from monitoring.records import FRAME, MAGIC, PredictionBatch, PredictionRecord
 from monitoring.state import (
-    FRAME,
-    MAGIC,
     Counts,
     DuplicateIdError,
     FeedbackResult,
     LabelledWindow,
     LiveMarker,
-    PredictionBatch,
-    PredictionRecord,
     PredictionWindow,
     StateOptions,
     StateStore,

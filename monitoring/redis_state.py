@@ -75,6 +75,7 @@ from redis.retry import Retry
 
 from models.errors import StateError
 from monitoring import redis_lua as lua
+from monitoring.records import PredictionBatch, PredictionRecord
 from monitoring.state import (
     ROLLBACK,
     Counts,
@@ -84,8 +85,6 @@ from monitoring.state import (
     LabelledWindow,
     LiveMarker,
     NoRollbackTargetError,
-    PredictionBatch,
-    PredictionRecord,
     PredictionWindow,
     StateOptions,
     Switch,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic_core import to_json
 
-from monitoring.state import PredictionBatch, PredictionRecord
+from monitoring.records import PredictionBatch, PredictionRecord
 
 _BLOCK_ROWS = 1024  # merge puts the successive batches of a version into blocks of at most
 _BLOCK_BYTES = 256 << 10  # this many rows and (about) this many bytes; no batch is split

@@ -20,6 +20,7 @@ import numpy as np
 
 from models.errors import StateError
 from monitoring import sqlite_blocks
+from monitoring.records import PredictionBatch, PredictionRecord
 from monitoring.sqlite_db import SCHEMA_VERSION, SQLiteFile, is_integrity
 from monitoring.state import (
     ROLLBACK,
@@ -30,8 +31,6 @@ from monitoring.state import (
     LabelledWindow,
     LiveMarker,
     NoRollbackTargetError,
-    PredictionBatch,
-    PredictionRecord,
     PredictionWindow,
     StateOptions,
     Switch,

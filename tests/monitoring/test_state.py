@@ -29,14 +29,13 @@ import pytest
 
 from models.errors import StateError
 from monitoring import sqlite_state
+from monitoring.records import PredictionBatch, PredictionRecord
 from monitoring.sqlite_state import SCHEMA_VERSION, SQLiteState
 from monitoring.state import (
     Counts,
     DuplicateIdError,
     LiveMarker,
     NoRollbackTargetError,
-    PredictionBatch,
-    PredictionRecord,
     StateStore,
     Switch,
     new_ids,
