@@ -194,6 +194,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
     serving = Settings.from_env(env)  # refuse bad values here, not in every worker
     check_can_listen(serving.host, serving.port)  # before a training run, not after it
+    check_state(serving)
     if store.newest(name) is None and settings.model_source is not None:
         imported, problems = store.sync_from(settings.model_source, name)
         for problem in problems:
@@ -249,6 +250,19 @@ def _port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {value}")
     return value
+
+
+def check_state(settings: Settings) -> None:
+    """Open the shared state once, as every worker will, or raise ``StateError`` (an
+    ARGUS_HOME that cannot be written, an unreachable Redis): BentoML restarts a worker
+    that fails to start, again and again, instead of stopping."""
+    from monitoring.state import open_state
+
+    state = open_state(settings.state_url, settings.home, busy_timeout=settings.state_busy_timeout)
+    try:
+        state.get_live(settings.model)  # connects, and makes the schema in a new file
+    finally:
+        state.close()
 
 
 def check_can_listen(host: str, port: int) -> None:

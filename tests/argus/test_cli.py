@@ -155,6 +155,27 @@ def test_serve_refuses_an_address_it_cannot_listen_on_before_training(
     assert store.list_versions(model_name) == []  # refused before anything was trained
 
 
+@pytest.mark.usefixtures("no_exec")
+def test_serve_refuses_a_home_where_workers_cannot_open_the_state(
+    capsys: pytest.CaptureFixture[str],
+    model_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every worker would fail to start, and BentoML would restart them forever."""
+    (tmp_path / "a-file").write_text("")
+    home = tmp_path / "a-file" / "home"  # its parent is a file: nothing can be made there
+    monkeypatch.setenv("ARGUS_HOME", str(home))
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    code, _, err = run(capsys, "serve", "--port", port, "--model", model_name, "--train-if-empty")
+    assert code == 1, err
+    assert err.startswith(f"argus: error: cannot open the state database {home}/state.sqlite3")
+    assert len(err.strip().splitlines()) == 1
+    assert store.list_versions(model_name) == []  # refused before anything was trained
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
