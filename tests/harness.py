@@ -124,19 +124,7 @@ class ArgusServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
+        stop_group(self.proc, term_wait=20, kill_wait=10)
         self.proc = None
 
     def __enter__(self) -> ArgusServer:
@@ -147,3 +135,17 @@ class ArgusServer:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+def stop_group(proc: subprocess.Popen[bytes], term_wait: float, kill_wait: float) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything it spawned:
+    SIGTERM to its group, up to ``term_wait`` s to exit, then SIGKILL to what is left."""
+    for sig, wait in ((signal.SIGTERM, term_wait), (signal.SIGKILL, kill_wait)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass

@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from monitoring import binned, drift, ks
 from monitoring.binned import bin_counts, bin_counts_matrix, js_distance, psi, quantile_edges
@@ -24,16 +22,6 @@ from monitoring.drift import (
     prediction_drift,
 )
 from monitoring.ks import ks_2samp_columns
-
-
-@pytest.fixture(scope="module")
-def digits() -> dict[str, np.ndarray]:
-    X, y = load_digits(return_X_y=True)
-    X = X.astype(np.float32)
-    X_train, X_rest, _, y_rest = train_test_split(X, y, test_size=0.4, stratify=y, random_state=0)
-    X_val, X_test = train_test_split(X_rest, test_size=0.5, stratify=y_rest, random_state=0)
-    return {"train": X_train, "val": X_val, "test": X_test}
-
 
 # --------------------------------------------------------------------------- binning
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -44,7 +43,7 @@ import yaml
 
 from argus.simulate import Scenario
 from models.store import StoredVersion
-from tests.harness import ARGUS, ArgusServer, free_port, seed_store
+from tests.harness import ARGUS, ArgusServer, free_port, seed_store, stop_group
 from tests.observability.expressions import (
     ROOT,
     RULES,
@@ -172,16 +171,7 @@ class Prometheus:
     def stop(self) -> None:
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, term_wait=10, kill_wait=5)
         self.proc = None
 
     def query(self, expr: str) -> dict[str, Any]:
