@@ -221,7 +221,7 @@ async def drive(
 
 def logged(home: Path, model: str, version: str) -> tuple[int, int]:
     """(predictions, labelled) of the version in the shared state, journals ingested."""
-    from monitoring.journal import open_shared_state
+    from monitoring.shared import open_shared_state
 
     state = open_shared_state(None, home)
     try:

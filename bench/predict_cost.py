@@ -70,7 +70,7 @@ def main() -> int:
 
 def measure(sizes: list[int], number: int, root: Path) -> dict[str, dict[int, float]]:
     from argus.settings import Settings
-    from monitoring.journal import open_shared_state
+    from monitoring.shared import open_shared_state
     from service.handlers import ArgusCore
     from service.metrics import get_metrics
     from service.runtime import ModelRuntime
@@ -105,7 +105,7 @@ def one_size(n: int, number: int, core: Any, side: Any) -> dict[str, float]:
     from pydantic_core import to_json
     from sklearn.datasets import load_digits
 
-    from monitoring.journal import PredictionBatch
+    from monitoring.records import PredictionBatch
     from service.handlers import answer, check_finite_output
     from service.validation import parse_instances
 

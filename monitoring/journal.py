@@ -31,19 +31,16 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import struct
 import threading
-import time
-import uuid
-import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from models.errors import StateError
-from monitoring.records import FRAME, MAGIC, PredictionBatch, PredictionRecord
+from monitoring.journal_file import Journal, read_frames, read_offset, write_offset
+from monitoring.records import PredictionBatch, PredictionRecord
 from monitoring.state import (
     Counts,
     DuplicateIdError,
@@ -51,94 +48,11 @@ from monitoring.state import (
     LabelledWindow,
     LiveMarker,
     PredictionWindow,
-    StateOptions,
     StateStore,
     Switch,
-    open_state,
 )
 
-__all__ = [
-    "MAGIC",
-    "Journal",
-    "JournaledState",
-    "PredictionBatch",
-    "WriteThroughState",
-    "open_shared_state",
-    "read_frames",
-]
-
 log = logging.getLogger("argus.journal")
-
-
-def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
-    """Complete, checksummed records of ``path`` from ``offset``: (end offset, payload).
-
-    Stops at the first incomplete or damaged frame (a write still in progress, or the
-    torn tail of a process killed in the middle of a write whose response never left).
-    """
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        data = fh.read()
-    at = 0
-    while at + FRAME.size <= len(data):
-        magic, length, crc = FRAME.unpack_from(data, at)
-        end = at + FRAME.size + length
-        if magic != MAGIC or end > len(data):
-            return
-        payload = data[at + FRAME.size : end]
-        if zlib.crc32(payload) != crc:
-            return
-        at = end
-        yield offset + at, payload
-
-
-class Journal:
-    """This process's append-only journal file in ``directory``; rotates by size."""
-
-    def __init__(self, directory: Path, rotate_bytes: int = 4 << 20) -> None:
-        self.directory = Path(directory)
-        self.rotate_bytes = rotate_bytes
-        self._lock = threading.Lock()
-        self._pid = -1
-        self._fd = -1
-        self._owner_fd = -1
-        self.path: Path | None = None
-        self._size = 0
-
-    def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"journal-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
-        path = self.directory / f"{name}.log"
-        owner = os.open(self.directory / f"{name}.owner", os.O_CREAT | os.O_RDWR, 0o600)
-        fcntl.flock(owner, fcntl.LOCK_EX)  # held for this file's life: "owner alive"
-        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-        if self._fd >= 0 and self._pid == os.getpid():
-            os.close(self._fd)
-            fcntl.flock(self._owner_fd, fcntl.LOCK_UN)  # the old file may now be retired
-            os.close(self._owner_fd)
-        self._fd, self._owner_fd, self.path, self._size = fd, owner, path, 0
-        self._pid = os.getpid()
-
-    def append(self, frame: bytes) -> None:
-        with self._lock:
-            try:
-                if self._pid != os.getpid() or self._size >= self.rotate_bytes:
-                    self._open()  # first use, after fork, or rotation
-                written = os.write(self._fd, frame)
-            except OSError as exc:
-                raise StateError(f"prediction journal in {self.directory}: {exc}") from None
-            if written != len(frame):
-                raise StateError(f"prediction journal: short write ({written}/{len(frame)})")
-            self._size += written
-
-    def close(self) -> None:
-        with self._lock:
-            if self._pid == os.getpid() and self._fd >= 0:
-                os.close(self._fd)
-                fcntl.flock(self._owner_fd, fcntl.LOCK_UN)
-                os.close(self._owner_fd)
-            self._fd = self._owner_fd = -1
-            self._pid = -1
 
 
 class JournaledState:
@@ -184,7 +98,7 @@ class JournaledState:
             taken = sorted(self.lookup(list(batch.ids)))
             if taken:
                 raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken)
-        self.journal.append(_inputs_as_kept(batch, self.options).encode())
+        self.journal.append(self.options.as_kept(batch).encode())
 
     def record_predictions(
         self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
@@ -264,7 +178,7 @@ class JournaledState:
             # frame appended meanwhile.
             gone = self._orphan(stem)
             offset_path = self.directory / f"{stem}.offset"
-            offset = _read_offset(offset_path)
+            offset = read_offset(offset_path)
             batches: list[PredictionBatch] = []
             end = offset
             for frame_end, payload in read_frames(path, offset):
@@ -272,7 +186,7 @@ class JournaledState:
                 end = frame_end
             if batches:
                 self._store(batches)
-                _write_offset(offset_path, end)
+                write_offset(offset_path, end)
             self._offsets[path.name] = end
             moved = sum(len(b.ids) for b in batches)
             if gone:  # its writer was gone before we read: anything after `end` is torn
@@ -425,77 +339,3 @@ class JournaledState:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-class WriteThroughState:
-    """The same surface as ``JournaledState`` for a networked backend (Redis).
-
-    Replicas on different machines cannot read each other's journal files, so a
-    prediction must reach the shared store before its response leaves: ``record_batch``
-    writes through (one round trip: the backend batches a request's rows in one script).
-    """
-
-    fast_writes = False
-
-    def __init__(self, inner: StateStore) -> None:
-        self.inner = inner
-        self.options = inner.options
-
-    def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
-        self.inner.record_batches([_inputs_as_kept(batch, self.options)])
-
-    def ingest(self) -> int:
-        return 0
-
-    def start(self) -> None:
-        return None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
-def open_shared_state(
-    url: str | None, home: Path, *, background: bool = False, **options: object
-) -> JournaledState | WriteThroughState:
-    """The shared state as every process that records or reads predictions opens it.
-
-    SQLite (one machine): ``open_state`` behind this machine's journal in ``home/journal``,
-    so the hot path appends to a file and every reader ingests first. Redis (replicas on
-    several machines): write-through, so every replica sees a prediction as soon as it
-    is answered.
-    """
-    inner = open_state(url, home, **options)
-    if url is not None and not url.startswith("sqlite://"):
-        return WriteThroughState(inner)
-    return JournaledState(inner, Path(home).expanduser() / "journal", background=background)
-
-
-_OFFSET = struct.Struct("<Q")
-
-
-def _inputs_as_kept(batch: PredictionBatch, options: StateOptions) -> PredictionBatch:
-    """Drop the raw inputs when no store keeps them (no drift window, no input logging)."""
-    if options.input_window == 0 and not options.store_inputs:
-        return PredictionBatch(**{**batch.__dict__, "inputs": None})
-    return batch
-
-
-def _read_offset(path: Path) -> int:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return 0
-    return _OFFSET.unpack(data)[0] if len(data) == _OFFSET.size else 0
-
-
-def _write_offset(path: Path, offset: int) -> None:
-    """Overwrite the 8-byte progress in place: one pwrite, no rename, no new inode.
-
-    A lost or stale offset only makes the next reader re-ingest records it will skip
-    by id, so a plain in-place write is enough.
-    """
-    fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-    try:
-        os.pwrite(fd, _OFFSET.pack(offset), 0)
-    finally:
-        os.close(fd)

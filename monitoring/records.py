@@ -2,7 +2,7 @@
 ``PredictionBatch`` of a whole request with its journal encoding.
 
 A batch keeps a request's rows as arrays (no per-row objects on the hot path). ``encode``
-frames it for the per-process journal (``monitoring/journal.py``): a ``FRAME`` header
+frames it for the per-process journal (``monitoring/journal_file.py``): a ``FRAME`` header
 (magic, payload length, CRC-32 of the payload), then a small JSON head (model, version,
 time, ids, shapes) and the little-endian arrays; ``decode`` reads the payload back.
 """

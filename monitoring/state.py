@@ -177,6 +177,13 @@ class StateOptions:
         if not self.busy_timeout >= 0:
             raise ValueError(f"busy_timeout must be >= 0, got {self.busy_timeout!r}")
 
+    def as_kept(self, batch: PredictionBatch) -> PredictionBatch:
+        """``batch`` without its raw inputs when no store keeps them (no drift window, no
+        input logging), so they are neither journaled nor sent."""
+        if self.input_window == 0 and not self.store_inputs:
+            return PredictionBatch(**{**batch.__dict__, "inputs": None})
+        return batch
+
 
 class StateStore(Protocol):
     """What every backend provides. Methods raise ``StateError`` when storage fails."""

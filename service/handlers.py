@@ -21,7 +21,8 @@ import numpy as np
 from argus.settings import Settings
 from models import store
 from models.errors import ModelNotFoundError, ModelVerificationError, StateError
-from monitoring.journal import JournaledState, PredictionBatch, WriteThroughState
+from monitoring.records import PredictionBatch
+from monitoring.shared import SharedState
 from monitoring.state import DuplicateIdError, NoRollbackTargetError
 from service.metrics import ServiceMetrics, observe_many
 from service.runtime import LoadedVersion, ModelRuntime, Prediction
@@ -42,7 +43,7 @@ class ArgusCore:
     def __init__(
         self,
         settings: Settings,
-        state: JournaledState | WriteThroughState,
+        state: SharedState,
         runtime: ModelRuntime,
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.time,

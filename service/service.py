@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from argus.settings import Settings
 from models.errors import StateError
-from monitoring.journal import open_shared_state
+from monitoring.shared import open_shared_state
 from service import logs, timeout
 from service.exposition import MetricsExposition
 from service.handlers import ArgusCore

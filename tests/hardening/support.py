@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
 from models.store import StoredVersion
-from monitoring.journal import open_shared_state
+from monitoring.shared import open_shared_state
 from tests.harness import ArgusServer, seed_store
 
 DIGITS = load_digits().data.astype(np.float32)

@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitoring.journal import JournaledState, PredictionBatch, open_shared_state, read_frames
+from monitoring.journal import JournaledState
+from monitoring.journal_file import read_frames
+from monitoring.records import PredictionBatch
+from monitoring.shared import open_shared_state
 from monitoring.state import DuplicateIdError
 
 

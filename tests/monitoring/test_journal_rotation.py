@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from monitoring.journal import JournaledState, PredictionBatch
+from monitoring.journal import JournaledState
+from monitoring.records import PredictionBatch
 from monitoring.state import open_state
 
 

@@ -14,7 +14,7 @@ from sklearn.datasets import load_digits
 
 from argus.settings import Settings
 from models.store import StoredVersion
-from monitoring.journal import open_shared_state
+from monitoring.shared import open_shared_state
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
 from service.runtime import ModelRuntime

@@ -16,7 +16,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from models.store import StoredVersion
-from monitoring.journal import open_shared_state
+from monitoring.shared import open_shared_state
 from tests.harness import ArgusServer, seed_store
 
 pytestmark = pytest.mark.integration
