@@ -535,7 +535,16 @@ def report(runs: list[RunResult], args: argparse.Namespace, target: float) -> di
         p50 = statistics.median(r.scrape_p50_ms for r in mine)
         return f"{server} median {p50:.0f} ms, max {max(r.scrape_max_ms for r in mine):.0f} ms"
 
-    scrapes = "; ".join(scrape_figures(k) for k in present)
+    if args.scrape_interval > 0:
+        scrape_note = f"""GET /metrics was scraped every {
+            args.scrape_interval:g} s during the load (like a fast
+    Prometheus), on both servers; on Argus each scrape computes the window figures (drift,
+    prediction drift, anomaly ratio, ...) from the shared state, so that cost is inside
+    the measured window. Scrape latency under load: {
+            "; ".join(scrape_figures(k) for k in present)
+        }."""
+    else:  # --scrape-interval 0
+        scrape_note = "GET /metrics was not scraped: no window figures were computed."
     client_share = statistics.median(r.client_cpu_share for r in runs)
     print(
         f"""
@@ -550,10 +559,7 @@ Notes:
   * Both servers: {args.workers} workers, onnxruntime intra-op threads = cores // workers,
     same model.onnx, fresh home per server; servers run one at a time, interleaved
     ({", ".join(args.server_kinds)}) x {args.rounds} round(s).
-  * GET /metrics was scraped every {args.scrape_interval:g} s during the load (like a fast
-    Prometheus), on both servers; on Argus each scrape computes the window figures (drift,
-    prediction drift, anomaly ratio, ...) from the shared state, so that cost is inside
-    the measured window. Scrape latency under load: {scrapes}.
+  * {scrape_note}
   * Client: closed loop, {args.concurrency} keep-alive connections spread evenly over the
     workers (checked with psutil), {args.warmup:g} s warm-up excluded, {args.duration:g} s measured
     per configuration. It runs on the same {os.cpu_count()} cores as the server and used a median
