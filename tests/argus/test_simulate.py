@@ -15,14 +15,8 @@ import numpy as np
 import pytest
 
 from argus.cli import main
-from argus.simulate import (
-    SCENARIOS,
-    Scenario,
-    check_loopback,
-    default_drift_features,
-    digits_pool,
-    simulate,
-)
+from argus.scenarios import SCENARIOS, Scenario, default_drift_features, digits_pool
+from argus.simulate import check_loopback, simulate
 from models.errors import ArgusError
 
 URL = "http://127.0.0.1:3999"
@@ -388,3 +382,12 @@ def test_a_short_run_against_a_real_server(outcome: Any, tmp_path: Path) -> None
     assert sum(float(x.rsplit(" ", 1)[1]) for x in invalid) == result.invalid_sent
     assert result.monitoring is not None and result.monitoring["drift"]["drift_detected"]
     assert "drift: sent 40 ok" in out.getvalue()
+
+
+def test_scenario_examples_run() -> None:
+    import doctest
+
+    from argus import scenarios
+
+    result = doctest.testmod(scenarios)
+    assert result.attempted > 0 and result.failed == 0

@@ -41,7 +41,7 @@ import httpx
 import pytest
 import yaml
 
-from argus.simulate import Scenario
+from argus.scenarios import Scenario
 from models.store import StoredVersion
 from tests.harness import ARGUS, ArgusServer, free_port, seed_store, stop_group
 from tests.observability.expressions import (
