@@ -44,15 +44,7 @@ on Redis's persistence: with ``appendonly yes`` and ``appendfsync everysec`` at 
 one second of writes; with RDB snapshots only, everything since the last snapshot; with
 neither, everything. Configure Redis accordingly.
 
-Processes: a connection pool belongs to the process that made it. A forked child finds a
-different pid, parks the parent's pool (kept referenced, never used or closed, since
-closing would shut the parent's sockets) and makes its own. Threads share the pool.
-Redis Cluster is not supported (the scripts touch keys they derive); use one primary.
-
-Failures (connection refused, timeout, read-only replica, maxmemory, a refused command)
-raise ``StateError`` naming the URL without its password; the next call reconnects.
-``busy_timeout`` is the connect and read timeout (at least 0.5 s). A call that times out
-may still have been applied: Redis runs the script even when its answer comes too late.
+Connections, forks and error messages: ``monitoring/redis_db.py``.
 """
 
 from __future__ import annotations
@@ -60,22 +52,16 @@ from __future__ import annotations
 import json
 import operator
 import os
-import re
 import struct
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from models.errors import StateError
-from monitoring import redis_lua as lua
 from monitoring.records import PredictionBatch, PredictionRecord
+from monitoring.redis_db import RedisDB
 from monitoring.state import (
     ROLLBACK,
     Counts,
@@ -92,11 +78,8 @@ from monitoring.state import (
     rollback_target,
 )
 
-DEFAULT_PREFIX = "argus:"
 _CHUNK = 1000  # log rows removed per prune script
-_MIN_TIMEOUT = 0.5  # seconds: the socket timeout never goes below this
 _SWITCH_TRIES = 50
-_PARKED: list[redis.ConnectionPool] = []  # inherited across fork: never used, never closed
 
 _W = struct.Struct("<dqddB")  # t, label, confidence, anomaly_score, anomalous
 _T = struct.Struct("<d")
@@ -107,32 +90,6 @@ _LABELLED = np.dtype(
 )
 
 
-class _Connection:
-    """One process's pool, client and registered scripts."""
-
-    def __init__(self, url: str, options: StateOptions) -> None:
-        timeout = max(options.busy_timeout, _MIN_TIMEOUT)
-        self.pool = redis.ConnectionPool.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-            client_name=f"argus-{os.getpid()}",
-            socket_read_size=65536,  # window reads bring back megabytes
-        )
-        # Replies are bytes (no decode_responses); redis-py types them as bytes | str.
-        self.client: Any = redis.Redis(connection_pool=self.pool)
-        script = self.client.register_script
-        self.record = script(lua.RECORD)
-        self.feedback = script(lua.FEEDBACK)
-        self.window = script(lua.WINDOW)
-        self.last_zset = script(lua.LAST_ZSET)
-        self.prune = script(lua.PRUNE)
-        self.prune_rings = script(lua.PRUNE_RINGS)
-        self.switch = script(lua.SWITCH)
-
-
 class RedisState:
     """``StateStore`` over the Redis at ``url`` (see the module docstring)."""
 
@@ -140,65 +97,14 @@ class RedisState:
         self, url: str, options: StateOptions | None = None, *, prefix: str | None = None
     ) -> None:
         self.options = options or StateOptions()
-        self.display_url = redact(url)
-        url, found = _split_prefix(url)
-        if found is not None and prefix is not None and found != prefix:
-            raise StateError(f"state url {self.display_url}: prefix given twice ({prefix!r})")
-        self.prefix = next((p for p in (found, prefix) if p is not None), DEFAULT_PREFIX)
+        self._db = RedisDB(url, self.options, prefix)
+        self.display_url = self._db.display_url
+        self.prefix = self._db.prefix
         self.last_prune_error: StateError | None = None
-        self._url = url
-        self._closed = False
-        self._reset(os.getpid())
-
-    def _reset(self, pid: int) -> None:
-        self._pid = pid
         self._unpruned = 0
-        try:
-            self._conn = _Connection(self._url, self.options)
-        except (ValueError, TypeError) as exc:
-            raise StateError(f"state url {self.display_url}: {exc}") from None
-
-    # -- connections and errors ---------------------------------------------------------
-
-    def _connection(self) -> _Connection:
-        if self._closed:
-            raise StateError(f"state store {self.display_url} is closed")
-        pid = os.getpid()
-        if pid != self._pid:  # forked: park the parent's pool, make our own
-            _PARKED.append(self._conn.pool)
-            self._reset(pid)
-        return self._conn
-
-    @contextmanager
-    def _use(self, what: str) -> Iterator[_Connection]:
-        conn = self._connection()
-        try:
-            yield conn
-        except redis.RedisError as exc:
-            raise StateError(self._describe(what, exc)) from exc
-
-    def _describe(self, what: str, exc: redis.RedisError) -> str:
-        hint = ""
-        if isinstance(exc, redis.exceptions.ReadOnlyError):
-            hint = " (a read-only replica: point the URL at the primary)"
-        elif isinstance(exc, redis.TimeoutError):
-            hint = f" (no answer within {max(self.options.busy_timeout, _MIN_TIMEOUT)} s)"
-        elif isinstance(exc, redis.AuthenticationError):
-            hint = " (check the user and password in the URL)"
-        elif isinstance(exc, redis.ConnectionError):
-            hint = " (is redis-server running and reachable?)"
-        elif str(exc).startswith("OOM"):
-            hint = " (Redis reached maxmemory: raise it, or lower retention)"
-        return f"cannot {what} in the Redis state at {self.display_url}: {exc}{hint}"
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if os.getpid() != self._pid:
-            _PARKED.append(self._conn.pool)
-        else:
-            self._conn.pool.disconnect()
+        self._db.close()
 
     def __enter__(self) -> RedisState:
         return self
@@ -252,7 +158,7 @@ class RedisState:
             repeated = sorted(i for i, c in Counter(ids).items() if c > 1)
             raise ValueError(f"records: ids repeated within one call: {repeated[:5]}")
         keys, args = self._record_arguments(records, rows32)
-        with self._use("record predictions") as conn:
+        with self._db.use("record predictions") as conn:
             result = conn.record(keys=keys, args=args, client=conn.client)
         if result[0] == 1:
             taken = sorted(i.decode() for i in result[1:])
@@ -325,7 +231,7 @@ class RedisState:
             for id_ in distinct:
                 args += [first[id_], _Q.pack(first[id_])]
             keys = [f"{self.prefix}p:{id_}" for id_ in distinct]
-            with self._use("record feedback") as conn:
+            with self._db.use("record feedback") as conn:
                 replies = conn.feedback(keys=keys, args=args, client=conn.client)
             outcome = dict(zip(distinct, replies, strict=True))
         accepted: list[str] = []
@@ -354,7 +260,7 @@ class RedisState:
 
     def lookup(self, ids: Sequence[str]) -> dict[str, PredictionRecord]:
         wanted = list(dict.fromkeys(ids))
-        with self._use("look up predictions") as conn:
+        with self._db.use("look up predictions") as conn:
             if not wanted:
                 return {}
             pipe = conn.client.pipeline(transaction=False)
@@ -369,7 +275,7 @@ class RedisState:
         """The last ``n`` entries under ``key`` as (width, concatenated bytes)."""
         if n == 0:
             return 0, b""
-        with self._use(what) as conn:
+        with self._db.use(what) as conn:
             args: list[Any] = [n, self.prefix]
             count, width, blob = getattr(conn, script)(keys=[key], args=args, client=conn.client)
         if width < 0:
@@ -380,7 +286,7 @@ class RedisState:
         n = _count(n, "n")
         entries: list[bytes] = []
         if n:
-            with self._use("read the input window") as conn:
+            with self._db.use("read the input window") as conn:
                 entries = conn.client.lrange(self._version_key(model, version) + "x", -n, -1)
         if not entries:
             return np.empty((0, 0))
@@ -430,7 +336,7 @@ class RedisState:
         )
 
     def counts(self, model: str, version: str) -> Counts:
-        with self._use("read counts") as conn:
+        with self._db.use("read counts") as conn:
             p, lab = conn.client.hmget(self._version_key(model, version) + "c", "p", "l")
         return Counts(int(p or 0), int(lab or 0))
 
@@ -440,7 +346,7 @@ class RedisState:
         return self.live_marker(model).version
 
     def live_marker(self, model: str) -> LiveMarker:
-        with self._use("read the live pointer") as conn:
+        with self._db.use("read the live pointer") as conn:
             version, serial = conn.client.hmget(
                 f"{self.prefix}live:{_escape(model)}", "version", "serial"
             )
@@ -451,12 +357,12 @@ class RedisState:
 
     def _switch(self, model: str, version: str, reason: str, t: float, expected: str) -> int:
         keys = [f"{self.prefix}live:{_escape(model)}", f"{self.prefix}hist:{_escape(model)}"]
-        with self._use("set the live version") as conn:
+        with self._db.use("set the live version") as conn:
             args: list[Any] = [version, reason, repr(float(t)), expected, os.urandom(8).hex()]
             return int(conn.switch(keys=keys, args=args, client=conn.client))
 
     def history(self, model: str) -> list[Switch]:
-        with self._use("read the live history") as conn:
+        with self._db.use("read the live history") as conn:
             entries = conn.client.lrange(f"{self.prefix}hist:{_escape(model)}", 0, -1)
         return [_switch_entry(e) for e in entries]
 
@@ -476,7 +382,7 @@ class RedisState:
     def prune(self, now: float) -> int:
         cutoff = repr(float(now) - self.options.retention_seconds)
         removed = 0
-        with self._use("prune") as conn:
+        with self._db.use("prune") as conn:
             args: list[Any] = [cutoff, self.options.max_rows, _CHUNK, self.prefix]
             while True:  # one chunk per script: other clients run between chunks
                 step = int(conn.prune(keys=[self.prefix + "log"], args=args, client=conn.client))
@@ -485,30 +391,6 @@ class RedisState:
                     break
             conn.prune_rings(keys=[self.prefix + "rings"], args=[cutoff], client=conn.client)
         return removed
-
-
-def redact(url: str) -> str:
-    """``url`` without its password (in the userinfo or a ``password=`` query)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-        query = urlencode(
-            [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*:"
-        )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return re.sub(r"//[^@/]*@", "//***@", url.partition("?")[0])
-
-
-def _split_prefix(url: str) -> tuple[str, str | None]:
-    """``url`` without its ``prefix=`` query argument, and that argument (if any)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    found = [v for k, v in query if k == "prefix"]
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), (found[-1] if found else None)
 
 
 def _escape(name: str) -> str:

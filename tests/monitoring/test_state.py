@@ -442,7 +442,7 @@ def test_forked_child_opens_its_own_connection(backend: Backend) -> None:
 
 def _client_id(store: StateStore) -> object:
     if RedisState is not None and isinstance(store, RedisState):
-        return store._connection().client.client_id()  # the server's id of our connection
+        return store._db.connection().client.client_id()  # the server's id of our connection
     return id(getattr(store._db._local, "conn", None))  # type: ignore[attr-defined]
 
 
@@ -521,7 +521,7 @@ def test_input_window_is_a_bounded_ring_per_version(backend: Backend) -> None:
                 )
             )
     elif RedisState is not None and isinstance(store, RedisState):
-        client = store._connection().client
+        client = store._db.connection().client
         for key in client.scan_iter(f"{store.prefix}*"):
             if client.type(key) == b"list" and key.endswith(b":x"):
                 per_version[key.decode().split(":")[-2]] = client.llen(key)
@@ -770,7 +770,7 @@ def test_redis_prefixes_keep_deployments_apart(redis_server: RedisServer, tmp_pa
     assert b.lookup(ids) == {} and b.counts("m", "v1") == Counts(0, 0)
     assert b.get_live("m") is None and b.record_feedback([(ids[0], 1)], 2.0).unknown_ids
     assert isinstance(a, RedisState)
-    client = a._connection().client
+    client = a._db.connection().client
     assert all(k.startswith(a.prefix.encode()) for k in client.scan_iter(f"{a.prefix}*"))
 
 
@@ -816,7 +816,7 @@ def test_redis_retried_writes_report_the_first_outcome(
     assert isinstance(store, RedisState)
     records = make_records(store.new_ids(2))
     keys, args = store._record_arguments(records, np.ones((2, 3), dtype=np.float32))
-    conn = store._connection()
+    conn = store._db.connection()
     for _ in range(2):  # the same call twice (the second is the retry): applied once
         assert conn.record(keys=keys, args=args, client=conn.client) == [0]
     assert store.counts("m", "v1").predictions == 2
