@@ -48,9 +48,9 @@ import numpy as np
 import psutil
 
 try:  # imported as bench.load (tests) or run as a script from bench/
-    from bench.serving import MODEL, Server, make_server, newest_version, open_balanced, train
+    from bench.servers import MODEL, Server, make_server, newest_version, open_balanced, train
 except ImportError:  # pragma: no cover - script
-    from serving import MODEL, Server, make_server, newest_version, open_balanced, train
+    from servers import MODEL, Server, make_server, newest_version, open_balanced, train
 
 
 @dataclass

@@ -56,7 +56,7 @@ def main() -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(root / "prom")
         (root / "prom").mkdir()
         if args.model_home is None:
-            from bench.serving import train
+            from bench.servers import train
 
             print("training argus-digits into a temporary store ...", flush=True)
             args.model_home, _ = train(root / "train")

@@ -30,12 +30,9 @@ import asyncio
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,208 +42,13 @@ from typing import Any
 
 import httpx
 import numpy as np
-import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-MODEL = "argus-digits"
-WORKER_MARK = "_bentoml_impl.worker.service"
+try:  # imported as bench.serving (bench/load.py under the tests) or run as a script
+    from bench.servers import MODEL, Server, make_server, newest_version, open_balanced, train
+except ImportError:  # pragma: no cover - script
+    from servers import MODEL, Server, make_server, newest_version, open_balanced, train
+
 SERVERS = ("bare", "argus")
-
-
-# -- servers ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARGUS_", "BENTOML_"))}
-    env["BENTOML_DO_NOT_TRACK"] = "true"
-    env.update(extra)
-    return env
-
-
-class Server:
-    """One server process group on 127.0.0.1, started in a new session, always ended."""
-
-    def __init__(
-        self, kind: str, command: list[str], env: dict[str, str], home: Path, workers: int
-    ) -> None:
-        self.kind = kind
-        self.command = command
-        self.env = env
-        self.home = home
-        self.workers = workers
-        self.port = int(command[command.index("--port") + 1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = home / "server.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 180.0) -> Server:
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command,
-                env=self.env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited early:\n{self.log()}")
-            try:
-                ready = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                ready = False
-            # /readyz answers as soon as one worker is up: wait for every worker's
-            # "Service <name> initialized" line too, or early connections all land on one
-            if ready and self.initialized() >= self.workers:
-                return self
-            time.sleep(0.3)
-        raise RuntimeError(f"{self.kind} did not become ready in {timeout:.0f} s:\n{self.log()}")
-
-    def initialized(self) -> int:
-        """How many workers logged that their service instance is initialized."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return 0
-        return len(
-            set(
-                re.findall(
-                    rf"\[entry_service:{self.kind}:(\d+)\] Service {self.kind} initialized", text
-                )
-            )
-        )
-
-    def owner_of(self, client_port: int) -> int | None:
-        """The worker pid holding the server end of the connection from ``client_port``."""
-        for p in self.worker_procs():
-            try:
-                for c in p.net_connections(kind="tcp"):
-                    if c.laddr and c.raddr and c.laddr.port == self.port:
-                        if c.raddr.port == client_port:
-                            return p.pid
-            except psutil.Error:
-                continue
-        return None
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def procs(self) -> list[psutil.Process]:
-        """The server's whole process tree (the ``bentoml serve`` process first)."""
-        if self.proc is None:
-            return []
-        try:
-            root = psutil.Process(self.proc.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def worker_procs(self) -> list[psutil.Process]:
-        workers = []
-        for p in self.procs()[1:]:
-            try:
-                if WORKER_MARK in " ".join(p.cmdline()):
-                    workers.append(p)
-            except psutil.Error:
-                continue
-        return workers
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for p in self.procs():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                continue
-        return total
-
-    def worker_rss_mb(self) -> list[float]:
-        rss = []
-        for p in self.worker_procs():
-            try:
-                rss.append(p.memory_info().rss / 2**20)
-            except psutil.Error:
-                continue
-        return rss
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-        # the group may outlive its leader for a moment: make sure nothing of it is left
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc = None
-
-
-def train(home: Path) -> tuple[Path, str]:
-    """Train the default model into ``home``'s store; return (BENTOML_HOME, version)."""
-    bentoml_home = home / "bentoml"
-    out = subprocess.run(
-        [str(BIN / "argus"), "train", "--no-progress"],
-        env=clean_env(ARGUS_HOME=str(home), BENTOML_HOME=str(bentoml_home)),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    match = re.search(rf"registered {MODEL}:(\S+)", out.stdout + out.stderr)
-    if out.returncode != 0 or match is None:
-        raise RuntimeError(f"argus train failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return bentoml_home, match.group(1)
-
-
-def newest_version(bentoml_home: Path) -> str:
-    versions = [p for p in (bentoml_home / "models" / MODEL).iterdir() if p.is_dir()]
-    if not versions:
-        raise RuntimeError(f"no version of {MODEL} under {bentoml_home}")
-    return max(versions, key=lambda p: (p / "model.yaml").stat().st_mtime).name
-
-
-BARE_RESPONSE = ["raw"]  # set from --bare-response
-
-
-def make_server(kind: str, root: Path, source_store: Path, onnx: Path, workers: int) -> Server:
-    home = root / f"{kind}-{time.monotonic_ns()}"
-    port = str(free_port())
-    if kind == "argus":
-        shutil.copytree(source_store / "models" / MODEL, home / "bentoml" / "models" / MODEL)
-        env = clean_env(ARGUS_HOME=str(home), BENTOML_HOME=str(home / "bentoml"), ARGUS_MODEL=MODEL)
-        command = [str(BIN / "argus"), "serve", "--port", port, "--workers", str(workers)]
-    else:
-        env = clean_env(
-            BENTOML_HOME=str(home / "bentoml"),
-            BARE_MODEL_PATH=str(onnx),
-            BARE_WORKERS=str(workers),
-            BARE_RESPONSE=BARE_RESPONSE[0],
-        )
-        command = [sys.executable, "-m", "bentoml", "serve", "bench.bare_service:Bare"]
-        command += ["--host", "127.0.0.1", "--port", port]
-    return Server(kind, command, env, home, workers)
 
 
 # -- load ---------------------------------------------------------------------------------
@@ -292,41 +94,6 @@ def make_bodies(rows: int, n: int = 64, seed: int = 0) -> list[bytes]:
         json.dumps({"instances": X[rng.choice(len(X), size=rows)].tolist()}).encode()
         for _ in range(n)
     ]
-
-
-async def open_balanced(
-    server: Server, n: int, tries: int = 60
-) -> tuple[list[httpx.AsyncClient], list[int]]:
-    """``n`` one-connection clients spread evenly over the server's workers.
-
-    The workers share one listening socket and the first to wake accepts every pending
-    connection, so a burst of connects can pin most of them to one worker. Each client
-    opens its connection alone, asks psutil which worker holds the other end, and
-    reconnects while that worker already has its share. Returns the clients and the
-    connections per worker.
-    """
-    pids = [p.pid for p in server.worker_procs()]
-    quota = -(-n // max(1, len(pids)))
-    held = dict.fromkeys(pids, 0)
-    clients: list[httpx.AsyncClient] = []
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    for _ in range(n):
-        for attempt in range(tries):
-            client = httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits)
-            r = await client.get("/livez")
-            stream = r.extensions.get("network_stream")
-            owner = None
-            if r.status_code == 200 and stream is not None:
-                owner = server.owner_of(stream.get_extra_info("client_addr")[1])
-            if owner in held and (held[owner] < quota or attempt == tries - 1):
-                held[owner] += 1
-                clients.append(client)
-                break
-            await client.aclose()
-            await asyncio.sleep(0.005 * (attempt % 5))
-        else:
-            raise RuntimeError(f"{server.kind}: could not place a connection on a worker")
-    return clients, list(held.values())
 
 
 async def run_load(
@@ -617,7 +384,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    BARE_RESPONSE[0] = args.bare_response
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="argus-bench-"))
     runs: list[RunResult] = []
@@ -636,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         labels: dict[str, list[int]] = {}
         for rnd in range(1, args.rounds + 1):
             for kind in args.server_kinds:
-                current = make_server(kind, root, store, onnx, args.workers)
+                current = make_server(kind, root, store, onnx, args.workers, args.bare_response)
                 started = time.monotonic()
                 current.start()
                 print(

@@ -24,18 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.serving import (  # noqa: E402
-    BIN,
-    MODEL,
-    RunResult,
-    Server,
-    clean_env,
-    free_port,
-    make_bodies,
-    newest_version,
-    run_load,
-    train,
-)
+from bench.servers import BIN, MODEL, Server, clean_env, free_port, newest_version, train  # noqa: E402
+from bench.serving import RunResult, make_bodies, run_load  # noqa: E402
 from tests.redis_server import RedisServer  # noqa: E402
 
 
