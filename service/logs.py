@@ -15,6 +15,8 @@ import logging
 
 from pydantic import ValidationError
 
+from service.validation import describe_problems
+
 BENTOML_HTTP_LOGGER = "bentoml._internal.server.http_app"
 
 
@@ -22,10 +24,7 @@ class ClientErrorsAsWarnings(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, ValidationError):
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in err['loc']) or 'body'}: {err['msg']}"
-                for err in exc.errors(include_url=False, include_input=False)[:5]
-            )
+            problems = describe_problems(exc.errors(include_url=False, include_input=False))
             route = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             record.msg = "refused a malformed request on %s (400): %s"
             record.args = (route, problems)

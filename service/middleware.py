@@ -3,9 +3,12 @@
 * A body over ``max_body_bytes`` is refused with 413 before it reaches any handler, both
   when ``Content-Length`` says so and when a chunked body grows past the limit (a body
   without ``Content-Length`` is read into memory, up to the limit, before the app runs).
-* A 4xx that BentoML produced itself (malformed JSON, a missing field, wrong content
-  type) is counted in ``argus_invalid_requests_total`` like the ones Argus refuses; the
-  handlers mark their own refusals with the ``x-argus-reason`` header, counted already.
+* A 4xx that BentoML produced itself (malformed JSON, a missing field, a field of the wrong
+  JSON type, an unknown path) is counted in ``argus_invalid_requests_total`` like the ones
+  Argus refuses, and its body is rewritten to Argus's shape: ``{"error", "reason"}``, the
+  error naming each problem (``instances: Field required`` rather than BentoML's
+  ``1 validation error for Input``), BentoML's ``detail`` kept. The handlers mark their
+  own refusals with the ``x-argus-reason`` header; those pass untouched.
 """
 
 from __future__ import annotations
@@ -14,11 +17,13 @@ import json
 from typing import Any
 
 from service.metrics import get_metrics
+from service.validation import describe_problems
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
 
 REASON_HEADER = b"x-argus-reason"
+_REPLACED = {b"content-type", b"content-length", REASON_HEADER}
 
 
 class BodyTooLarge(Exception):
@@ -57,16 +62,32 @@ class LimitsMiddleware:
                 await self._too_large(send)
                 return
 
+        held: list[Message] = []  # a refusal of BentoML's own, held until its body is whole
+
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 headers = dict(message.get("headers", []))
                 if 400 <= status < 500 and REASON_HEADER not in headers:
-                    reason = "schema" if status in (400, 415, 422) else f"http_{status}"
-                    get_metrics().invalid_requests.labels(reason).inc()
+                    held.append(message)
+                    return
+            elif held and message["type"] == "http.response.body":
+                held.append(message)
+                if not message.get("more_body", False):
+                    await self._restate(send, held)
+                return
             await send(message)
 
         await self.app(scope, receive, counting_send)
+
+    async def _restate(self, send: Any, held: list[Message]) -> None:
+        """Send BentoML's refusal ``held`` (start, then body parts) in Argus's shape."""
+        start, body = held[0], b"".join(m.get("body", b"") for m in held[1:])
+        status = int(start["status"])
+        reason = "schema" if status in (400, 415, 422) else f"http_{status}"
+        message, detail = _bentoml_error(body)
+        keep = [(k, v) for k, v in start.get("headers", []) if k not in _REPLACED]
+        await self._refuse(send, status, reason, message, detail, keep)
 
     async def _buffered(self, receive: Any) -> Any:
         """Read the whole body (at most ``max_body_bytes``); return a replaying receive."""
@@ -94,14 +115,26 @@ class LimitsMiddleware:
         message = f"request body is larger than {self.max_body_bytes} bytes"
         await self._refuse(send, 413, "body_too_large", message)
 
-    async def _refuse(self, send: Any, status: int, reason: str, message: str) -> None:
+    async def _refuse(
+        self,
+        send: Any,
+        status: int,
+        reason: str,
+        message: str,
+        detail: Any = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         get_metrics().invalid_requests.labels(reason).inc()
-        body = json.dumps({"error": message, "reason": reason}).encode()
+        doc: dict[str, Any] = {"error": message, "reason": reason}
+        if detail is not None:
+            doc["detail"] = detail
+        body = json.dumps(doc).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": status,
                 "headers": [
+                    *(headers or []),
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (REASON_HEADER, reason.encode()),
@@ -123,3 +156,24 @@ def _content_length(scope: Scope) -> int | None:
         return int(_header(scope, b"content-length"))
     except ValueError:
         return None
+
+
+def _bentoml_error(body: bytes) -> tuple[str, Any]:
+    """The message and the ``detail`` (or ``None``) of a refusal body BentoML wrote.
+
+    BentoML answers a ``ValidationError`` with ``{"error": "1 validation error for Input",
+    "detail": [{"loc", "msg", ...}]}``, its own client errors with ``[{"error": ...}]`` and
+    Starlette's unknown paths with plain text.
+    """
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip() or "refused", None
+    if isinstance(doc, list) and len(doc) == 1:
+        doc = doc[0]
+    if not isinstance(doc, dict):
+        return str(doc), None
+    detail = doc.get("detail")
+    if isinstance(detail, list) and detail and all(isinstance(d, dict) for d in detail):
+        return describe_problems(detail), detail
+    return str(doc.get("error") or doc.get("detail") or "refused"), detail

@@ -9,7 +9,7 @@ row, about 26 ms for 1024 x 784.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -88,6 +88,17 @@ def _row_error(exc: ValidationError, instances: list[Any]) -> RequestError:
     return RequestError(
         400, "not_numeric", f"row {i}, feature {j}: expected a number, got {_kind(value)}"
     )
+
+
+def describe_problems(errors: Sequence[Mapping[str, Any]], limit: int = 5) -> str:
+    """pydantic's errors (``loc``, ``msg``) as one line naming each field, for example
+    ``instances: Field required`` or ``body: Invalid JSON: EOF while parsing a list``."""
+    parts = [
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'body'}: {e.get('msg', 'invalid')}"
+        for e in errors[:limit]
+    ]
+    more = len(errors) - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
 
 
 def parse_ids(ids: Any, n_rows: int) -> list[str] | None:
