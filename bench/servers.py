@@ -13,8 +13,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +22,14 @@ import httpx
 import psutil
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from bench/: the tests' harness is shared
+    sys.path.insert(0, str(REPO))
+
+from tests.harness import free_port, stop_group  # noqa: E402
+
 BIN = Path(sys.executable).parent
 MODEL = "argus-digits"
 WORKER_MARK = "_bentoml_impl.worker.service"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -158,20 +155,7 @@ class Server:
     def stop(self) -> None:
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-        # the group may outlive its leader for a moment: make sure nothing of it is left
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, term_wait=20.0, kill_wait=10.0)
         self.proc = None
 
 
