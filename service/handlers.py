@@ -58,9 +58,10 @@ class ArgusCore:
 
     # -- predict ---------------------------------------------------------------------
 
-    async def predict(self, instances: Any, ids: Any = None) -> dict[str, Any]:
+    async def predict(self, instances: Any, ids: Any = None, typed: bool = False) -> dict[str, Any]:
+        """Answer one request. ``typed``: ``instances`` already passed ``validation.Rows``."""
         live = self._live()
-        X = parse_instances(instances, live.n_features, self.settings.max_batch)
+        X = parse_instances(instances, live.n_features, self.settings.max_batch, typed=typed)
         client_ids = parse_ids(ids, len(X))
         if client_ids is not None:
             await self._check_new_ids(client_ids)  # a reused id never reaches the model

@@ -4,11 +4,15 @@
   when ``Content-Length`` says so and when a chunked body grows past the limit (a body
   without ``Content-Length`` is read into memory, up to the limit, before the app runs).
 * A 4xx that BentoML produced itself (malformed JSON, a missing field, a field of the wrong
-  JSON type, an unknown path) is counted in ``argus_invalid_requests_total`` like the ones
-  Argus refuses, and its body is rewritten to Argus's shape: ``{"error", "reason"}``, the
-  error naming each problem (``instances: Field required`` rather than BentoML's
-  ``1 validation error for Input``), BentoML's ``detail`` kept. The handlers mark their
-  own refusals with the ``x-argus-reason`` header; those pass untouched.
+  JSON type, a bad row or value, an unknown path) is counted in
+  ``argus_invalid_requests_total`` like the ones Argus refuses, and its body is rewritten
+  to Argus's shape: ``{"error", "reason"}``. A bad row or value of ``instances`` (checked
+  by BentoML while it parses the body) gets the reason and message the handler would give
+  it (``not_numeric``: ``row 0, feature 5: expected a number, got a string``); any other
+  problem is ``schema``, the error naming each field (``instances: Field required``
+  rather than BentoML's ``1 validation error for Input``), BentoML's ``detail`` kept. The
+  handlers mark their own refusals with the ``x-argus-reason`` header; those pass
+  untouched.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import json
 from typing import Any
 
 from service.metrics import get_metrics
-from service.validation import describe_problems
+from service.validation import describe_problems, rows_problem
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -63,6 +67,13 @@ class LimitsMiddleware:
                 return
 
         held: list[Message] = []  # a refusal of BentoML's own, held until its body is whole
+        chunks: list[bytes] = []  # the request body, to name a bad value in a refusal
+
+        async def recording_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+            return message
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -74,18 +85,23 @@ class LimitsMiddleware:
             elif held and message["type"] == "http.response.body":
                 held.append(message)
                 if not message.get("more_body", False):
-                    await self._restate(send, held)
+                    await self._restate(send, held, b"".join(chunks))
                 return
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        await self.app(scope, recording_receive, counting_send)
 
-    async def _restate(self, send: Any, held: list[Message]) -> None:
+    async def _restate(self, send: Any, held: list[Message], request_body: bytes) -> None:
         """Send BentoML's refusal ``held`` (start, then body parts) in Argus's shape."""
         start, body = held[0], b"".join(m.get("body", b"") for m in held[1:])
         status = int(start["status"])
         reason = "schema" if status in (400, 415, 422) else f"http_{status}"
         message, detail = _bentoml_error(body)
+        problem = None
+        if status == 400 and isinstance(detail, list):
+            problem = rows_problem(detail, _instances(request_body))
+        if problem is not None:  # a bad row or value of /predict: named like Argus's own
+            reason, message, detail = problem.reason, problem.message, None
         keep = [(k, v) for k, v in start.get("headers", []) if k not in _REPLACED]
         await self._refuse(send, status, reason, message, detail, keep)
 
@@ -156,6 +172,15 @@ def _content_length(scope: Scope) -> int | None:
         return int(_header(scope, b"content-length"))
     except ValueError:
         return None
+
+
+def _instances(body: bytes) -> Any:
+    """The request's ``instances`` (``None`` when the body is not an object holding them)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return doc.get("instances") if isinstance(doc, dict) else None
 
 
 def _bentoml_error(body: bytes) -> tuple[str, Any]:

@@ -29,7 +29,7 @@ from service.handlers import ArgusCore
 from service.metrics import get_metrics
 from service.middleware import LimitsMiddleware
 from service.runtime import ModelRuntime
-from service.validation import RequestError
+from service.validation import RequestError, Rows
 
 log = logging.getLogger("argus.service")
 
@@ -172,12 +172,12 @@ class Argus:
 
     @bentoml.api(route="/predict")
     async def predict(
-        self, ctx: bentoml.Context, instances: list[Any], ids: list[Any] | None = None
+        self, ctx: bentoml.Context, instances: Rows, ids: list[Any] | None = None
     ) -> dict[str, Any]:
         """Predict each row of ``instances`` (numbers, one list per row); optional ``ids``."""
         ctx.response.headers["x-argus-worker"] = self._worker
-        try:
-            result = await self.core.predict(instances, ids)
+        try:  # BentoML checked the values' types while parsing the body (``Rows``)
+            result = await self.core.predict(instances, ids, typed=True)
         except RequestError as exc:
             return self._error(ctx, exc)
         # Serialised here in one call: BentoML's generic path for a dict output rebuilds
