@@ -348,10 +348,10 @@ Notes:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per config")
+    p.add_argument("--duration", type=float, default=8.0, help="measured seconds per config")
     p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
     p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    p.add_argument("--rounds", type=int, default=2, help="bare/argus alternations")
+    p.add_argument("--rounds", type=int, default=4, help="bare/argus alternations")
     p.add_argument("--workers", type=int, default=2, help="worker processes of each server")
     p.add_argument("--batches", default="1,64", help="rows per request, comma separated")
     p.add_argument("--scrape-interval", type=float, default=2.0, help="0 disables scraping")
