@@ -1,12 +1,14 @@
 """What one ``/predict`` costs Argus in-process, piece by piece, next to the bare service.
 
-No HTTP and no BentoML: ``ArgusCore.predict`` is called directly on a temporary home with
-the trained model, and each piece of it is timed alone on the same rows (1-row and 64-row
-requests): validation, onnxruntime, anomaly scoring, the finite-output check, ids, the
-journal append, the counters, the answer, and the ingestion of the journal into SQLite
-(per request, amortised over a batch). The bare service's whole work (``np.asarray``,
-onnxruntime, its smaller answer) is timed the same way, so the table shows where the
-monitoring's cost per request goes and the in-process ratio bare / Argus.
+No HTTP and no BentoML server: the request body is parsed with the pydantic type each
+service declares (as BentoML does), then ``ArgusCore.predict`` is called directly on a
+temporary home with the trained model, and each piece of it is timed alone on the same
+rows (1-row and 64-row requests): the body parse with validation, onnxruntime, anomaly
+scoring, the finite-output check, ids, the journal append, the counters, the answer, and
+the ingestion of the journal into SQLite (per request, amortised over a batch). The bare
+service's whole work (its body parse, ``np.asarray``, onnxruntime, its smaller answer) is
+timed the same way, so the table shows where the monitoring's cost per request goes and
+the in-process ratio bare / Argus.
 
 Figures are best-of-repeats in a hot loop, so they are lower than inside a server, where
 each request also pays for caches the framework evicts; ``bench/serving.py`` measures the
@@ -101,25 +103,36 @@ def measure(sizes: list[int], number: int, root: Path) -> dict[str, dict[int, fl
 
 def one_size(n: int, number: int, core: Any, side: Any) -> dict[str, float]:
     """Every figure of the table for requests of ``n`` rows."""
+    import json
+
     import numpy as np
+    from pydantic import create_model
     from pydantic_core import to_json
     from sklearn.datasets import load_digits
 
     from monitoring.records import PredictionBatch
     from service.handlers import answer, check_finite_output
-    from service.validation import parse_instances
+    from service.validation import Rows, parse_instances
 
     live, state, max_batch = core.runtime.live, core.state, core.settings.max_batch
     series = core._series_of(live)
     loop = asyncio.new_event_loop()
     digits = load_digits().data
     rows = np.resize(digits, (n, digits.shape[1])).tolist()
+    body = json.dumps({"instances": rows}).encode()
+    # the bodies as BentoML parses them, with each service's declared input types
+    argus_input = create_model("ArgusInput", instances=(Rows, ...), ids=(list[Any] | None, None))
+    bare_input = create_model("BareInput", instances=(list[list[float]], ...))
+
+    def parse() -> Any:
+        return argus_input.model_validate_json(body).instances
+
     X = parse_instances(rows, live.n_features, max_batch)
     pred = live.predict(X)
     ids = state.new_ids(n)
 
     def bare() -> bytes:
-        Xb = np.asarray(rows, dtype=np.float32)
+        Xb = np.asarray(bare_input.model_validate_json(body).instances, dtype=np.float32)
         (p,) = live.session.run([live.output_name], {live.input_name: Xb})
         labels = p.argmax(axis=1)
         confidences = p[np.arange(len(labels)), labels]
@@ -137,7 +150,7 @@ def one_size(n: int, number: int, core: Any, side: Any) -> dict[str, float]:
 
     async def predicts() -> None:  # many requests in one coroutine: no event-loop cost
         for _ in range(number):
-            to_json(await core.predict(rows))
+            to_json(await core.predict(parse(), typed=True))
 
     def journal_append() -> None:
         batch = PredictionBatch(
@@ -157,15 +170,15 @@ def one_size(n: int, number: int, core: Any, side: Any) -> dict[str, float]:
     whole = best_us(lambda: loop.run_until_complete(predicts()), 1) / number
     state.ingest()  # what the timing runs journaled; then a known number of requests
     for _ in range(number):
-        loop.run_until_complete(core.predict(rows))
+        loop.run_until_complete(core.predict(parse(), typed=True))
     started = time.perf_counter()
     state.ingest()
     ingest = (time.perf_counter() - started) / number * 1e6
     loop.close()
     run = [live.output_name]
     pieces = {
-        "  validation (strict) + float32 matrix": best_us(
-            lambda: parse_instances(rows, live.n_features, max_batch), number
+        "  body parse (strict types) + float32 matrix": best_us(
+            lambda: parse_instances(parse(), live.n_features, max_batch, typed=True), number
         ),
         "  onnxruntime": best_us(lambda: live.session.run(run, {live.input_name: X}), number),
         "  anomaly score": best_us(lambda: live.detector.score(X), number),
@@ -176,8 +189,8 @@ def one_size(n: int, number: int, core: Any, side: Any) -> dict[str, float]:
         "  answer (build + serialise)": best_us(lambda: to_json(answer(live, ids, pred)), number),
     }
     return {
-        "bare: all its work (as bench/bare_service.py)": best_us(bare, number),
-        "argus: predict + answer": whole,
+        "bare: all its work, body parse included": best_us(bare, number),
+        "argus: body parse + predict + answer": whole,
         "argus: ingestion into SQLite, per request": ingest,
         **pieces,
         "  (sum of the pieces above)": sum(pieces.values()),
@@ -191,9 +204,9 @@ def print_table(table: dict[str, dict[int, float]], sizes: list[int]) -> None:
         print(f"{piece:<50}" + "".join(f"{by_size[n]:>12.1f}" for n in sizes))
     print()
     for n in sizes:
-        bare = table["bare: all its work (as bench/bare_service.py)"][n]
+        bare = table["bare: all its work, body parse included"][n]
         argus = (
-            table["argus: predict + answer"][n]
+            table["argus: body parse + predict + answer"][n]
             + table["argus: ingestion into SQLite, per request"][n]
         )
         print(
@@ -202,12 +215,11 @@ def print_table(table: dict[str, dict[int, float]], sizes: list[int]) -> None:
             f"bare/Argus {bare / argus:.2f}"
         )
     print(
-        "\nIndented rows are pieces of Argus's predict, each timed alone in a hot loop; "
-        "they overlap\nthe bare work where both do it (validation builds the matrix bare "
-        "builds with np.asarray,\nand onnxruntime runs in both). They sum to less than the "
-        "whole predict: a piece repeated\nalone runs warmer than the same piece between "
-        "the others (checkpoints inside one predict\nput each step at 1.3-2x its time "
-        "alone)."
+        "\nIndented rows are pieces of Argus's predict, each timed alone in a hot loop; they\n"
+        "overlap the bare work where both do it (both parse the body and build the float32\n"
+        "matrix, and onnxruntime runs in both). They sum to less than the whole predict: a\n"
+        "piece repeated alone runs warmer than the same piece between the others (checkpoints\n"
+        "inside one predict put each step at 1.3-2x its time alone)."
     )
 
 
