@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydantic_core import from_json
+
 from service.metrics import get_metrics
 from service.validation import describe_problems, rows_problem
 
@@ -175,10 +177,11 @@ def _content_length(scope: Scope) -> int | None:
 
 
 def _instances(body: bytes) -> Any:
-    """The request's ``instances`` (``None`` when the body is not an object holding them)."""
+    """The request's ``instances`` (``None`` when the body is not an object holding them).
+    Parsed in Rust: a refused 8 MB body costs about as much again as its validation did."""
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
+        doc = from_json(body, allow_inf_nan=True)
+    except ValueError:
         return None
     return doc.get("instances") if isinstance(doc, dict) else None
 
