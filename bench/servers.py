@@ -143,6 +143,17 @@ class Server:
                 continue
         return total
 
+    def background_cpu_seconds(self) -> float:
+        """CPU time of the workers' threads other than their main (event-loop) thread: on
+        Argus, the journal ingestion and the thread pool that serves scrapes and polls."""
+        total = 0.0
+        for p in self.worker_procs():
+            try:
+                total += sum(t.user_time + t.system_time for t in p.threads() if t.id != p.pid)
+            except psutil.Error:
+                continue
+        return total
+
     def worker_rss_mb(self) -> list[float]:
         rss = []
         for p in self.worker_procs():

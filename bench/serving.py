@@ -71,6 +71,7 @@ class RunResult:
     failures: int = 0
     failure_examples: list[str] = field(default_factory=list)
     server_cpu_ms_per_req: float = 0.0
+    background_cpu_ms_per_req: float = 0.0  # the part of it outside the workers' main threads
     client_cpu_share: float = 0.0
     scrapes: int = 0
     scrape_failures: int = 0
@@ -149,17 +150,18 @@ async def run_load(
                     scrape_failures.append(f"/metrics: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(max(0.0, scrape_interval - (time.perf_counter() - t0)))
 
-    async def sample_cpu() -> tuple[float, float, float, float]:
+    async def sample_cpu() -> tuple[float, float, float, float, float]:
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
-        s0, c0 = server.cpu_seconds(), time.process_time()
+        s0, b0, c0 = server.cpu_seconds(), server.background_cpu_seconds(), time.process_time()
         await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
-        return s0, c0, server.cpu_seconds(), time.process_time()
+        s1, b1 = server.cpu_seconds(), server.background_cpu_seconds()
+        return s1 - s0, b1 - b0, c0, time.process_time()
 
     try:
         scrape_task = asyncio.create_task(scraper()) if scrape_interval > 0 else None
         cpu_task = asyncio.create_task(sample_cpu())
         await asyncio.gather(*(sender(c, k) for k, c in enumerate(clients)))
-        s0, c0, s1, c1 = await cpu_task
+        server_cpu, background_cpu, c0, c1 = await cpu_task
         if scrape_task is not None:
             scrape_task.cancel()
             await asyncio.gather(scrape_task, return_exceptions=True)
@@ -178,7 +180,8 @@ async def run_load(
         result.max_ms = float(lat_ms.max())
     result.failures = len(failures)
     result.failure_examples = sorted(set(failures))[:5]
-    result.server_cpu_ms_per_req = max(0.0, s1 - s0) * 1000.0 / max(1, len(latencies))
+    result.server_cpu_ms_per_req = max(0.0, server_cpu) * 1000.0 / max(1, len(latencies))
+    result.background_cpu_ms_per_req = max(0.0, background_cpu) * 1000.0 / max(1, len(latencies))
     result.client_cpu_share = (c1 - c0) / duration / (os.cpu_count() or 1)
     result.scrapes = len(scrape_latencies)
     result.scrape_failures = len(scrape_failures)
@@ -220,6 +223,7 @@ def median_row(runs: list[RunResult]) -> RunResult:
         "p99_ms",
         "max_ms",
         "server_cpu_ms_per_req",
+        "background_cpu_ms_per_req",
         "client_cpu_share",
         "scrape_p50_ms",
         "scrape_max_ms",
@@ -237,19 +241,19 @@ def format_row(r: RunResult, label: str) -> str:
     return (
         f"{r.config:>7}  {r.server:<6} {label:>6}  {r.req_per_s:8.1f}  {r.rows_per_s:9.0f}  "
         f"{r.p50_ms:7.2f}  {r.p99_ms:7.2f}  {r.rss_mb:8.1f}  {r.server_cpu_ms_per_req:8.2f}  "
-        f"{r.scrapes:7d}  {r.failures + r.scrape_failures:6d}"
+        f"{r.background_cpu_ms_per_req:7.2f}  {r.scrapes:7d}  {r.failures + r.scrape_failures:6d}"
     )
 
 
 def report(runs: list[RunResult], args: argparse.Namespace, target: float) -> dict[str, Any]:
     header = (
         f"{'config':>7}  {'server':<6} {'round':>6}  {'req/s':>8}  {'rows/s':>9}  "
-        f"{'p50 ms':>7}  {'p99 ms':>7}  {'RSS/wkr':>8}  {'srvCPU':>8}  {'scrapes':>7}  "
-        f"{'errors':>6}"
+        f"{'p50 ms':>7}  {'p99 ms':>7}  {'RSS/wkr':>8}  {'srvCPU':>8}  {'bgCPU':>7}  "
+        f"{'scrapes':>7}  {'errors':>6}"
     )
     print()
     print(header)
-    print(f"{'':>38}{'':>29}{'MB':>8}  {'ms/req':>8}")
+    print(f"{'':>38}{'':>29}{'MB':>8}  {'ms/req':>8}  {'ms/req':>7}")
     print("-" * len(header))
     medians: dict[tuple[str, str], RunResult] = {}
     configs = list(dict.fromkeys(r.config for r in runs))
@@ -333,8 +337,10 @@ Notes:
     {client_share:.0%} of them; both servers pay that cost. Other load on the machine adds
     noise to req/s and latency: compare rounds, and the CPU cost per request.
   * srvCPU ms/req: CPU seconds of the server's whole process tree over the measured
-    window per completed request; less sensitive to other load than req/s. RSS/wkr: mean
-    RSS of the worker processes at the end of the run (median rows: median of rounds).
+    window per completed request; less sensitive to other load than req/s. bgCPU: the
+    part of it spent outside the workers' main (event-loop) threads; on Argus, ingesting
+    the journals into SQLite, computing scrapes and polling the live pointer. RSS/wkr:
+    mean RSS of the worker processes at the end of the run (median rows: median of rounds).
 """
     )
     return {
