@@ -10,10 +10,11 @@ and JSON in and out. Settings come from the environment:
   Argus does, so a comparison isolates the monitoring; ``dict`` returns the dict and lets
   BentoML serialise it, the conventional way to write a BentoML service.
 
-It gets Argus's two server fixes, which have nothing to do with monitoring: the request
+It gets Argus's server fixes, which have nothing to do with monitoring: the request
 timeout that lets finished requests go (``service/timeout.py``; BentoML's own keeps every
-request alive for 60 s) and ``gc.freeze()`` once the worker is set up (full collections
-then skip everything the worker loaded at start).
+request alive for 60 s), ``gc.freeze()`` once the worker is set up (full collections then
+skip everything the worker loaded at start) and the reader of metrics files that a scrape
+catches while a worker creates them (``service/prometheus_files.py``).
 
 Run from the repo root, with a ``BENTOML_HOME`` of its own::
 
@@ -32,9 +33,10 @@ import onnxruntime as ort
 from pydantic_core import to_json
 from starlette.responses import Response
 
-from service import timeout
+from service import prometheus_files, timeout
 
 timeout.install()
+prometheus_files.install()
 
 WORKERS = max(1, int(os.environ.get("BARE_WORKERS", "2")))
 RESPONSE = os.environ.get("BARE_RESPONSE", "raw")  # "raw" (as Argus) or "dict"

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from argus.settings import Settings
 from models.errors import StateError
 from monitoring.shared import open_shared_state
-from service import logs, timeout
+from service import logs, prometheus_files, timeout
 from service.exposition import MetricsExposition
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
@@ -92,6 +92,7 @@ read_api = Starlette(
 _SETTINGS = Settings.from_env()
 timeout.install()  # BentoML's own timeout keeps each request alive for the whole timeout
 logs.install()  # BentoML logs each malformed body as an ERROR traceback
+prometheus_files.install()  # a metrics file caught while being created failed /metrics
 
 
 @bentoml.asgi_app(read_api, path="/")
