@@ -15,7 +15,7 @@ itself, unchanged. ``tests/service/test_prometheus_files.py`` checks both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.mmap_dict import MmapedDict
@@ -27,15 +27,11 @@ def _tolerant(read: Callable[[str], Any]) -> Callable[[str], Any]:
     def read_all_values_from_file(filename: str) -> Any:
         with open(filename, "rb") as f:
             if len(f.read(_HEADER_BYTES)) < _HEADER_BYTES:
-                return _nothing()
+                return iter(())
         return read(filename)
 
     read_all_values_from_file.argus_tolerant = True  # type: ignore[attr-defined]
     return read_all_values_from_file
-
-
-def _nothing() -> Iterator[Any]:
-    return iter(())
 
 
 def install() -> None:
