@@ -10,11 +10,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 # torch stays pinned at 2.13.0, from the CPU index (the default index pulls a CUDA build)
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md errors.py ./
 COPY argus ./argus
 COPY training ./training
 COPY models ./models
 COPY monitoring ./monitoring
+COPY state ./state
 COPY service ./service
 RUN pip install '.[train]'
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from argus.models_cli import add_models_parser, share
-from argus.settings import Settings
-from models.errors import ArgusError
+from errors import ArgusError
+from service.settings import Settings
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -256,7 +256,7 @@ def check_state(settings: Settings) -> None:
     """Open the shared state once, as every worker will, or raise ``StateError`` (an
     ARGUS_HOME that cannot be written, an unreachable Redis): BentoML restarts a worker
     that fails to start, again and again, instead of stopping."""
-    from monitoring.state import open_state
+    from state.opener import open_state
 
     state = open_state(settings.state_url, settings.home, busy_timeout=settings.state_busy_timeout)
     try:

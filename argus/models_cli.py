@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from argus.settings import Settings
-from models.errors import ArgusError
+from errors import ArgusError
+from service.settings import Settings
 
 
 def add_models_parser(sub: Any) -> None:
@@ -87,7 +87,7 @@ def _name(args: argparse.Namespace, settings: Settings) -> str:
 
 
 def _state(settings: Settings) -> Any:
-    from monitoring.state import open_state
+    from state.opener import open_state
 
     return open_state(settings.state_url, settings.home)
 
@@ -254,7 +254,7 @@ def cmd_models_sync(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models_register_onnx(args: argparse.Namespace, settings: Settings) -> int:
-    from training.byom import register_onnx
+    from training.register_onnx import register_onnx
 
     stored = register_onnx(
         args.file, args.reference, args.label_column, name=args.name or settings.model

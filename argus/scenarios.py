@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from models.errors import ArgusError
+from errors import ArgusError
 
 SCENARIOS = ("clean", "drift", "anomaly", "prior-shift")
 PIXEL_MAX = 16.0

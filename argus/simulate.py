@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 
 from argus.scenarios import SCENARIOS, Scenario
-from models.errors import ArgusError
+from errors import ArgusError
 
 FEEDBACK_CHUNK = 500
 

@@ -221,9 +221,9 @@ async def drive(
 
 def logged(home: Path, model: str, version: str) -> tuple[int, int]:
     """(predictions, labelled) of the version in the shared state, journals ingested."""
-    from monitoring.shared import open_shared_state
+    from state.opener import open_state
 
-    state = open_shared_state(None, home)
+    state = open_state(None, home)
     try:
         counts = state.counts(model, version)
         return counts.predictions, counts.labelled

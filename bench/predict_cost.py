@@ -71,16 +71,16 @@ def main() -> int:
 
 
 def measure(sizes: list[int], number: int, root: Path) -> dict[str, dict[int, float]]:
-    from argus.settings import Settings
-    from monitoring.shared import open_shared_state
     from service.handlers import ArgusCore
     from service.metrics import get_metrics
     from service.runtime import ModelRuntime
+    from service.settings import Settings
+    from state.opener import open_state
 
     settings = Settings.from_env()
 
     def state_in(home: Path) -> Any:
-        return open_shared_state(
+        return open_state(
             None, home, input_window=settings.input_window, store_inputs=settings.store_inputs
         )
 
@@ -110,9 +110,9 @@ def one_size(n: int, number: int, core: Any, side: Any) -> dict[str, float]:
     from pydantic_core import to_json
     from sklearn.datasets import load_digits
 
-    from monitoring.records import PredictionBatch
     from service.handlers import answer, check_finite_output
     from service.validation import Rows, parse_instances
+    from state.records import PredictionBatch
 
     live, state, max_batch = core.runtime.live, core.state, core.settings.max_batch
     series = core._series_of(live)

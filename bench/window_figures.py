@@ -23,9 +23,9 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from monitoring.profile import build_profile
-from monitoring.records import PredictionRecord
-from monitoring.state import open_state
-from monitoring.windows import StateWindows
+from state.opener import open_state
+from state.records import PredictionBatch
+from state.windows import StateWindows
 
 TARGET_MS = 200.0
 
@@ -58,22 +58,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         state = open_state(None, Path(tmp), input_window=args.rows)
         ids = state.new_ids(args.rows)
-        records = [
-            PredictionRecord(
-                id=ids[i],
-                model="m",
-                version="v",
-                t=1000.0 + i,
-                label=int(Pw[i].argmax()),
-                confidence=float(Pw[i].max()),
-                probabilities=tuple(Pw[i].tolist()),
-                anomaly_score=float(scores[i]),
-                anomalous=bool(scores[i] > 1e9),
+        for start in range(0, args.rows, 100):  # requests of 100 rows, 1 s apart
+            rows = slice(start, start + 100)
+            state.record_batches(
+                [
+                    PredictionBatch(
+                        model="m",
+                        version="v",
+                        t=1000.0 + start / 100,
+                        ids=ids[rows],
+                        labels=Pw[rows].argmax(axis=1),
+                        confidences=Pw[rows].max(axis=1),
+                        probabilities=Pw[rows],
+                        anomaly_scores=scores[rows],
+                        anomalous=scores[rows] > 1e9,
+                        inputs=Xw[rows].astype(np.float32),
+                    )
+                ]
             )
-            for i in range(args.rows)
-        ]
-        for start in range(0, args.rows, 100):
-            state.record_predictions(records[start : start + 100], Xw[start : start + 100])
         state.record_feedback([(ids[i], int(y[live[i]])) for i in range(0, args.rows, 2)], 2000.0)
 
         def from_state() -> None:

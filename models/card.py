@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import ModelVerificationError
+from errors import ModelVerificationError
 
 CARD_SCHEMA = 1
 CARD_FILE = "card.json"

@@ -24,8 +24,8 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import BentoMLException, NotFound
 
+from errors import ArgusError, ModelNotFoundError, ModelVerificationError
 from models.card import CARD_FILE, MODEL_FILE, PROFILE_FILE, ModelCard, sha256_file
-from models.errors import ArgusError, ModelNotFoundError, ModelVerificationError
 
 CARD_SHA_KEY = "argus_card_sha256"
 LABELS = {"argus": "v1"}

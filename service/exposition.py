@@ -21,13 +21,13 @@ import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from argus.settings import Settings
 from models import store
 from monitoring.profile import ReferenceProfile
-from monitoring.state import StateStore
-from monitoring.windows import StateWindows, WindowFigures
 from service.runtime import ModelRuntime
+from service.settings import Settings
 from service.validation import RequestError
+from state.types import StateStore
+from state.windows import StateWindows, WindowFigures
 
 MAX_FEATURE_SERIES = 64
 

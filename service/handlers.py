@@ -1,6 +1,6 @@
 """The service's behaviour, free of any web framework.
 
-``ArgusCore`` answers each endpoint of DESIGN.md's HTTP contract from plain Python
+``ArgusCore`` answers each endpoint of the HTTP contract (docs/api.md) from plain Python
 values and raises ``RequestError`` for anything the client got wrong. The BentoML class
 in ``service/service.py`` only moves JSON in and out, so these handlers are tested
 in-process without a server.
@@ -18,14 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from argus.settings import Settings
+from errors import (
+    DuplicateIdError,
+    ModelNotFoundError,
+    ModelVerificationError,
+    NoRollbackTargetError,
+    StateError,
+)
 from models import store
-from models.errors import ModelNotFoundError, ModelVerificationError, StateError
-from monitoring.records import PredictionBatch
-from monitoring.shared import SharedState
-from monitoring.state import DuplicateIdError, NoRollbackTargetError
 from service.metrics import ServiceMetrics, observe_many
 from service.runtime import LoadedVersion, ModelRuntime, Prediction
+from service.settings import Settings
 from service.validation import (
     RequestError,
     check_labels,
@@ -33,6 +36,8 @@ from service.validation import (
     parse_ids,
     parse_instances,
 )
+from state.records import PredictionBatch
+from state.shared import SharedState
 
 log = logging.getLogger("argus.service")
 
@@ -115,19 +120,14 @@ class ArgusCore:
             raise RequestError(409, "duplicate_ids", f"ids already recorded: {sorted(taken)[:5]}")
 
     async def _record(self, batch: PredictionBatch) -> None:
-        """Make the predictions durable before the response leaves.
-
-        A journal append is one small local write, done inline; writing through to a
-        networked store runs in a thread. A duplicate id that raced past
+        """Make the predictions durable before the response leaves
+        (``SharedState.record_answered``). A duplicate id that raced past
         ``_check_new_ids`` is the client's error (409). A failing store is not: the
         prediction is still answered (availability over monitoring completeness), the
         failure is counted and logged.
         """
         try:
-            if self.state.fast_writes:
-                self.state.record_batch(batch, check_ids=False)
-            else:
-                await asyncio.to_thread(self.state.record_batch, batch, False)
+            await self.state.record_answered(batch)
         except DuplicateIdError as exc:
             raise RequestError(409, "duplicate_ids", str(exc)) from None
         except StateError as exc:
@@ -291,7 +291,7 @@ class _VersionSeries:
 
 
 def answer(live: LoadedVersion, row_ids: list[str], pred: Prediction) -> dict[str, Any]:
-    """The body of a ``/predict`` response (DESIGN.md's contract)."""
+    """The body of a ``/predict`` response (docs/api.md)."""
     probabilities = pred.probabilities.tolist()
     labels = pred.labels.tolist()
     confidences = pred.confidences.tolist()

@@ -38,7 +38,8 @@ class ServiceMetrics:
         )
         self.state_errors = Counter(
             "argus_state_errors",
-            "Failed reads or writes of the shared state (the request was still answered).",
+            "Failed reads or writes of the shared state, by operation (record, lookup, feedback, "
+            "switch, models, metrics, ingest, prune).",
             ["operation"],
         )
         self.inference_duration = Histogram(
@@ -58,7 +59,7 @@ class ServiceMetrics:
         )
 
 
-STATE_OPERATIONS = ("record", "lookup", "feedback", "switch")
+STATE_OPERATIONS = ("record", "lookup", "feedback", "switch", "ingest", "prune")
 KNOWN_REASONS = (
     "schema", "bad_type", "empty_batch", "too_many_rows", "row_length", "not_numeric",
     "not_finite", "bad_ids", "duplicate_ids", "bad_label", "body_too_large",

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from errors import ModelNotFoundError, ModelVerificationError
 from models import store
-from models.errors import ModelNotFoundError, ModelVerificationError
 from monitoring.profile import ReferenceProfile
 
 log = logging.getLogger("argus.runtime")

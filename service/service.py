@@ -20,16 +20,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from argus.settings import Settings
-from models.errors import StateError
-from monitoring.shared import open_shared_state
+from errors import StateError
 from service import logs, prometheus_files, timeout
 from service.exposition import MetricsExposition
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
 from service.middleware import LimitsMiddleware
 from service.runtime import ModelRuntime
+from service.settings import Settings
 from service.validation import RequestError, Rows
+from state.opener import open_state
 
 log = logging.getLogger("argus.service")
 
@@ -49,6 +49,10 @@ def _state_unavailable(operation: str, exc: StateError) -> RequestError:
     get_metrics().state_errors.labels(operation).inc()
     log.error("shared state read failed (%s): %s", operation, exc)
     return RequestError(503, "state_unavailable", f"the shared state is unavailable: {exc}")
+
+
+def _count_state_error(operation: str, exc: StateError) -> None:
+    get_metrics().state_errors.labels(operation).inc()
 
 
 async def _get_models(request: Request) -> JSONResponse:
@@ -110,7 +114,7 @@ class Argus:
         global _CORE, _EXPOSITION
         settings = Settings.from_env()
         settings.apply_bentoml_home()
-        state = open_shared_state(
+        state = open_state(
             settings.state_url,
             settings.home,
             background=True,
@@ -120,6 +124,7 @@ class Argus:
             max_rows=settings.retention_rows,
             busy_timeout=settings.state_busy_timeout,
         )
+        state.on_error = _count_state_error  # a failed prune or ingestion: logged, counted
         runtime = ModelRuntime(
             settings.model,
             lambda: state.get_live(settings.model),

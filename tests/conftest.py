@@ -17,7 +17,7 @@ import pytest
 
 if TYPE_CHECKING:
     from models.store import StoredVersion
-    from training.pipeline import TrainingOutcome
+    from training.outcome import TrainingOutcome
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="argus-test-"))
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.errors import DataError
+from errors import DataError
 
 #: The TOML file holding the defaults, with comments.
 DEFAULT_TOML = Path(__file__).with_name("default.toml")

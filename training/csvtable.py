@@ -6,7 +6,7 @@ bring-your-own-model path). Imports numpy only, so it works without torch.
 Rules: the first row is the header; blank lines are skipped; every feature cell must parse
 as a finite number; the label column may hold integers (classes in numeric order) or any
 strings (classes in sorted string order); ``class_names`` keep the labels as written. Every
-problem raises :class:`~models.errors.DataError` with a one-line message naming the file,
+problem raises :class:`~errors.DataError` with a one-line message naming the file,
 and where it applies the row and column.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import DataError
+from errors import DataError
 
 
 @dataclass(frozen=True)

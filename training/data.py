@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import DataError
+from errors import DataError
 from training.csvtable import CsvTable, load_csv_table
 
 __all__ = [

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.errors import ExportError
+from errors import ExportError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "probabilities"

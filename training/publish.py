@@ -15,7 +15,7 @@ from models.card import ModelCard, code_version
 from monitoring.profile import build_profile
 
 if TYPE_CHECKING:
-    from training.pipeline import TrainingOutcome
+    from training.outcome import TrainingOutcome
 
 
 def publish(outcome: TrainingOutcome, name: str) -> store.StoredVersion:

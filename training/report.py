@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.pipeline import TrainingOutcome
+    from training.outcome import TrainingOutcome
 
 
 def _g(v: float) -> str:

@@ -17,7 +17,7 @@ import pytest
 from argus.cli import main
 from argus.scenarios import SCENARIOS, Scenario, default_drift_features, digits_pool
 from argus.simulate import check_loopback, simulate
-from models.errors import ArgusError
+from errors import ArgusError
 
 URL = "http://127.0.0.1:3999"
 

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from argus.settings import Settings
+from service.settings import Settings
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 
@@ -38,7 +38,7 @@ def test_every_variable_is_a_setting_and_valid() -> None:
     secret = one("Secret", "argus-tokens")["stringData"]
     fields = {f"ARGUS_{f.name.upper()}" for f in dataclasses.fields(Settings)}
     for key in [*config, *secret]:
-        assert key in fields, f"{key} is not read by argus.settings.Settings"
+        assert key in fields, f"{key} is not read by service.settings.Settings"
     settings = Settings.from_env({**config, **secret})  # parses and validates every value
     assert settings.state_url and settings.state_url.startswith("redis://")
     assert settings.admin_token and settings.feedback_token

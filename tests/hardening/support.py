@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_digits
 
 from models.store import StoredVersion
-from monitoring.shared import open_shared_state
+from state.opener import open_state
 from tests.harness import ArgusServer, seed_store
 
 DIGITS = load_digits().data.astype(np.float32)
@@ -63,7 +63,7 @@ def corrupt(path: Path) -> None:
 def logged_rows(home: Path, model: str, version: str) -> int:
     """Predictions of the version in the prediction log (pending journal records included:
     the state opened this way ingests them before it reads, as every worker does)."""
-    state = open_shared_state(None, home)
+    state = open_state(None, home)
     try:
         return state.counts(model, version).predictions
     finally:
@@ -72,7 +72,7 @@ def logged_rows(home: Path, model: str, version: str) -> int:
 
 def logged_ids(home: Path, ids: list[str]) -> set[str]:
     """Which of ``ids`` are in the prediction log."""
-    state = open_shared_state(None, home)
+    state = open_state(None, home)
     try:
         found: set[str] = set()
         for start in range(0, len(ids), 500):

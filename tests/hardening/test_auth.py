@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from argus.settings import Settings
 from service import handlers
 from service.handlers import ArgusCore
+from service.settings import Settings
 from service.validation import RequestError
 from tests.hardening.conftest import Hardened
 from tests.hardening.support import rows

@@ -9,9 +9,9 @@ from pathlib import Path
 import bentoml
 import pytest
 
+from errors import ArgusError, ModelNotFoundError, ModelVerificationError
 from models import store
 from models.card import ModelCard
-from models.errors import ArgusError, ModelNotFoundError, ModelVerificationError
 
 
 def make_card(accuracy: float = 0.9) -> ModelCard:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from argus.settings import Settings
+from service.settings import Settings
 from tests.observability.expressions import (
     DASHBOARD,
     ROOT,

@@ -12,20 +12,20 @@ import pytest
 from prometheus_client import REGISTRY
 from sklearn.datasets import load_digits
 
-from argus.settings import Settings
 from models.store import StoredVersion
-from monitoring.shared import open_shared_state
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
 from service.runtime import ModelRuntime
+from service.settings import Settings
 from service.validation import RequestError
+from state.opener import open_state
 
 TOKEN = "s3cret-admin"
 
 
 def make_core(tmp_path: Path, name: str, **overrides: Any) -> ArgusCore:
     settings = Settings(home=tmp_path, model=name, **overrides).validated()
-    state = open_shared_state(None, tmp_path)
+    state = open_state(None, tmp_path)
     runtime = ModelRuntime(name, lambda: state.get_live(name))
     runtime.refresh()
     return ArgusCore(settings, state, runtime, get_metrics(), clock=lambda: 1000.0)

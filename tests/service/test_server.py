@@ -16,7 +16,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from models.store import StoredVersion
-from monitoring.shared import open_shared_state
+from state.opener import open_state
 from tests.harness import ArgusServer, seed_store
 
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_sigkill_of_a_worker_loses_no_answered_prediction(server: ArgusServer) -
     assert victim not in server.worker_pids() and len(server.worker_pids()) == 2
     with server.client() as c:
         assert c.post("/predict", json={"instances": rows(1)}).status_code == 200
-    state = open_shared_state(None, server.home)
+    state = open_state(None, server.home)
     found = state.lookup(answered)
     missing = set(answered) - set(found)
     print(f"\nSIGKILL: {len(answered)} rows answered, {failures} requests cut, {len(missing)} lost")
@@ -254,7 +254,7 @@ def test_a_live_version_that_will_not_load_leaves_workers_up_and_not_ready(
             r = c.post("/predict", json={"instances": rows(1)})
             assert r.status_code == 503 and r.json()["reason"] == "no_model"
         # an operator points the live version at a good one: the workers follow, no restart
-        state = open_shared_state(None, tmp_path)
+        state = open_state(None, tmp_path)
         state.set_live(old.name, old.version, reason="activate", t=time.time())
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from models.errors import DataError
+from errors import DataError
 from training.config import DEFAULT_TOML, TrainConfig
 
 

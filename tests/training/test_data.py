@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from models.errors import DataError
+from errors import DataError
 from training.data import (
     Dataset,
     dataset_fingerprint,

@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from models.errors import ExportError
+from errors import ExportError
 from training.data import Split
 from training.export import calibrated_probabilities, export_onnx, parity_check
 from training.loop import TrainedNet, predict_logits

@@ -8,9 +8,11 @@ import onnxruntime as ort
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from models.errors import DataError
+from errors import DataError
 from training.config import TrainConfig
-from training.pipeline import TrainingOutcome, run
+from training.outcome import TrainingOutcome
+from training.pipeline import run
+from training.report import render_report
 
 
 def test_defaults_on_digits_reach_the_accuracy_bar(outcome: TrainingOutcome) -> None:
@@ -56,7 +58,7 @@ def test_summary_is_json_and_the_report_says_everything(outcome: TrainingOutcome
     d = json.loads(json.dumps(outcome.to_dict()))
     assert d["config"] == TrainConfig().to_dict()
     assert d["verdict"]["kind"] == outcome.verdict.kind
-    text = outcome.report()
+    text = render_report(outcome)
     for needle in (
         "train 1259 / validation 269 / test 269",
         f"best epoch {outcome.best_epoch}",
@@ -86,7 +88,7 @@ def test_csv_source_end_to_end_with_string_labels(tmp_path: Path) -> None:
     assert o.dataset.class_names == ("high", "low", "mid")
     assert o.dataset.feature_names == ("f1", "f2", "f3")
     assert o.evaluation.accuracy > 0.8
-    assert o.gradient_check is None and "Gradient check not run" in o.report()
+    assert o.gradient_check is None and "Gradient check not run" in render_report(o)
 
 
 def test_bad_source_is_a_data_error() -> None:

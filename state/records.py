@@ -2,15 +2,13 @@
 ``PredictionBatch`` of a whole request with its journal encoding.
 
 A batch keeps a request's rows as arrays (no per-row objects on the hot path). ``encode``
-frames it for the per-process journal (``monitoring/journal_file.py``): a ``FRAME`` header
-(magic, payload length, CRC-32 of the payload), then a small JSON head (model, version,
-time, ids, shapes) and the little-endian arrays; ``decode`` reads the payload back.
+gives the payload the journal (``state/journal.py``) frames: a small JSON head (model,
+version, time, ids, shapes) and the little-endian arrays; ``decode`` reads it back.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,8 +39,6 @@ class PredictionRecord:
     feedback_t: float | None = None
 
 
-MAGIC = b"ARJ1"
-FRAME = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
 _HEAD = struct.Struct("<I")  # JSON header length inside the payload
 
 
@@ -51,8 +47,8 @@ class PredictionBatch:
     """The rows one request predicted, as arrays (no per-row objects on the hot path).
 
     Row ``i`` is ``ids[i]``; every row shares ``model``, ``version`` and ``t``. ``inputs``
-    feeds the input window (and the log, with ``store_inputs``). ``encode`` frames the
-    batch for the journal (``FRAME`` header, then the payload ``decode`` reads back).
+    feeds the input window (and the log, with ``store_inputs``). ``encode`` gives the
+    payload that ``decode`` reads back.
     """
 
     model: str
@@ -92,8 +88,7 @@ class PredictionBatch:
         ]
         if inputs is not None:
             parts.append(inputs.tobytes())
-        payload = b"".join(parts)
-        return FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, payload: bytes) -> PredictionBatch:

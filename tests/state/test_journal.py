@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitoring.journal import JournaledState
-from monitoring.journal_file import read_frames
-from monitoring.records import PredictionBatch
-from monitoring.shared import open_shared_state
-from monitoring.state import DuplicateIdError
+from errors import DuplicateIdError, StateError
+from state.journal import frame, read_frames
+from state.opener import open_state
+from state.records import PredictionBatch
+from state.shared import JournaledState
 
 
 def batch(ids: list[str], version: str = "v1", seed: int = 0, d: int = 4) -> PredictionBatch:
@@ -38,7 +38,7 @@ def batch(ids: list[str], version: str = "v1", seed: int = 0, d: int = 4) -> Pre
 
 def test_encode_decode_round_trip() -> None:
     b = batch(["a", "b", "c"], seed=3)
-    ((end, payload),) = list(_frames(b.encode()))
+    ((end, payload),) = list(_frames(frame(b.encode())))
     back = PredictionBatch.decode(payload)
     assert list(back.ids) == ["a", "b", "c"] and (back.model, back.version, back.t) == (
         "m",
@@ -68,7 +68,7 @@ def _frames(data: bytes, tmp: Path | None = None) -> list[tuple[int, bytes]]:
 
 
 def test_a_torn_or_damaged_tail_is_not_read() -> None:
-    one, two = batch(["a"]).encode(), batch(["b"]).encode()
+    one, two = frame(batch(["a"]).encode()), frame(batch(["b"]).encode())
     assert len(_frames(one + two[:-3])) == 1
     damaged = bytearray(one + two)
     damaged[-1] ^= 0xFF
@@ -76,8 +76,8 @@ def test_a_torn_or_damaged_tail_is_not_read() -> None:
 
 
 def test_a_recorded_batch_is_visible_to_another_reader(tmp_path: Path) -> None:
-    writer = open_shared_state(None, tmp_path)
-    reader = open_shared_state(None, tmp_path)
+    writer = open_state(None, tmp_path)
+    reader = open_state(None, tmp_path)
     b = batch(["a", "b"])
     writer.record_batch(b, check_ids=False)
     found = reader.lookup(["a", "b", "zzz"])
@@ -93,18 +93,18 @@ def test_a_recorded_batch_is_visible_to_another_reader(tmp_path: Path) -> None:
 
 
 def test_reingesting_after_a_lost_offset_changes_nothing(tmp_path: Path) -> None:
-    state = open_shared_state(None, tmp_path)
+    state = open_state(None, tmp_path)
     state.record_batch(batch(["a", "b", "c"]), check_ids=False)
     assert state.counts("m", "v1").predictions == 3
     for offset in (tmp_path / "journal").glob("*.offset"):
         offset.unlink()  # as if the process died between the insert and saving progress
-    fresh = open_shared_state(None, tmp_path)
+    fresh = open_state(None, tmp_path)
     assert fresh.counts("m", "v1").predictions == 3
     assert fresh.dropped_duplicates == 3  # seen again, recognised by id, skipped
 
 
 def test_the_same_new_id_from_two_writers_is_kept_once(tmp_path: Path) -> None:
-    a, b = open_shared_state(None, tmp_path), open_shared_state(None, tmp_path)
+    a, b = open_state(None, tmp_path), open_state(None, tmp_path)
     a.record_batch(batch(["x", "a1"], seed=1), check_ids=False)
     b.record_batch(batch(["x", "b1"], seed=2), check_ids=False)
     assert set(a.lookup(["x", "a1", "b1"])) == {"x", "a1", "b1"}
@@ -113,7 +113,7 @@ def test_the_same_new_id_from_two_writers_is_kept_once(tmp_path: Path) -> None:
 
 
 def _child(home: str, conn: object) -> None:
-    state = open_shared_state(None, Path(home))
+    state = open_state(None, Path(home))
     i = 0
     while True:
         ids = [f"k{i}-{j}" for j in range(3)]
@@ -134,7 +134,7 @@ def test_sigkill_right_after_a_write_loses_nothing(tmp_path: Path) -> None:
     proc.join()
     while parent.poll():
         reported.extend(parent.recv())
-    state = open_shared_state(None, tmp_path)
+    state = open_state(None, tmp_path)
     found = state.lookup(reported)
     assert len(found) == len(reported)
     # the dead writer's journal was ingested and removed
@@ -142,7 +142,7 @@ def test_sigkill_right_after_a_write_loses_nothing(tmp_path: Path) -> None:
 
 
 def test_rotation_retires_old_files(tmp_path: Path) -> None:
-    state = open_shared_state(None, tmp_path)
+    state = open_state(None, tmp_path)
     state.journal.rotate_bytes = 1000
     for i in range(20):
         state.record_batch(batch([f"r{i}-{j}" for j in range(4)], seed=i), check_ids=False)
@@ -154,7 +154,7 @@ def test_rotation_retires_old_files(tmp_path: Path) -> None:
 
 def test_background_ingestion_and_close(tmp_path: Path) -> None:
     state = JournaledState(
-        open_shared_state(None, tmp_path).inner, tmp_path / "journal", ingest_every=0.05
+        open_state(None, tmp_path).inner, tmp_path / "journal", ingest_every=0.05
     )
     state.start()
     state.record_batch(batch(["a"]), check_ids=False)
@@ -167,10 +167,36 @@ def test_background_ingestion_and_close(tmp_path: Path) -> None:
 
 
 def test_an_id_repeated_within_one_journal_is_kept_once(tmp_path: Path) -> None:
-    state = open_shared_state(None, tmp_path)
+    state = open_state(None, tmp_path)
     state.record_batch(batch(["x", "a"], seed=1), check_ids=False)
     state.record_batch(batch(["b", "x"], seed=2), check_ids=False)  # raced past the check
     assert set(state.lookup(["x", "a", "b"])) == {"x", "a", "b"}
     assert state.counts("m", "v1").predictions == 3 and state.dropped_duplicates == 1
     assert state.lookup(["x"])["x"].t == 101.0  # the first one wins
+    state.close()
+
+
+def test_a_failed_ingestion_is_counted_every_round_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = open_state(None, tmp_path)
+    state.ingest_every = 0.0  # type: ignore[attr-defined]
+    seen: list[str] = []
+
+    def hook(operation: str, exc: StateError) -> None:
+        seen.append(f"{operation}: {exc}")
+        if len(seen) == 3:
+            state._stop.set()  # type: ignore[attr-defined]  # ends _run after 3 rounds
+
+    def refuse(batches: object) -> None:
+        raise StateError("disk full")
+
+    state.on_error = hook
+    monkeypatch.setattr(state.inner, "record_batches", refuse)
+    state.record_batch(batch(["a", "b"]), check_ids=False)  # the journal takes it
+    state._run()  # type: ignore[attr-defined]  # the background loop, in this thread
+    assert seen == ["ingest: disk full"] * 3
+    assert caplog.text.count("journal ingestion failed") == 1
+    monkeypatch.undo()
+    assert sorted(state.lookup(["a", "b"])) == ["a", "b"]  # kept, ingested once it works
     state.close()

@@ -1,9 +1,10 @@
-"""The journal files behind ``monitoring/journal.py``: framing, one writer, progress.
+"""The journal files behind ``state/shared.py``: framing, one writer, progress.
 
-Each process appends framed records (``monitoring/records.py``: magic, length, CRC-32,
-payload) to a file of its own, ``journal-{pid}-{ns}-{random}.log``, and holds an
-exclusive ``flock`` on the matching ``.owner`` file while that file is its current one,
-so a reader can tell a live writer from a dead one. ``{stem}.offset`` keeps how far the
+Each process appends framed records -- a ``FRAME`` header (magic, payload length,
+CRC-32 of the payload), then the payload (``state/records.py``) -- to a file of its
+own, ``journal-{pid}-{ns}-{random}.log``, and holds an exclusive ``flock`` on the
+matching ``.owner`` file while that file is its current one, so a reader can tell a
+live writer from a dead one. ``{stem}.offset`` keeps how far the
 file was ingested (8 bytes, little-endian); ``{stem}.lock`` serialises its readers.
 """
 
@@ -19,8 +20,15 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from models.errors import StateError
-from monitoring.records import FRAME, MAGIC
+from errors import StateError
+
+MAGIC = b"ARJ1"
+FRAME = struct.Struct("<4sII")  # magic, payload length, crc32 of the payload
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` with its ``FRAME`` header, as ``Journal.append`` writes it."""
+    return FRAME.pack(MAGIC, len(payload), zlib.crc32(payload)) + payload
 
 
 def read_frames(path: Path, offset: int) -> Iterator[tuple[int, bytes]]:
@@ -72,16 +80,18 @@ class Journal:
         self._fd, self._owner_fd, self.path, self._size = fd, owner, path, 0
         self._pid = os.getpid()
 
-    def append(self, frame: bytes) -> None:
+    def append(self, payload: bytes) -> None:
+        """Append ``payload`` as one framed record: durable once this returns."""
+        record = frame(payload)
         with self._lock:
             try:
                 if self._pid != os.getpid() or self._size >= self.rotate_bytes:
                     self._open()  # first use, after fork, or rotation
-                written = os.write(self._fd, frame)
+                written = os.write(self._fd, record)
             except OSError as exc:
                 raise StateError(f"prediction journal in {self.directory}: {exc}") from None
-            if written != len(frame):
-                raise StateError(f"prediction journal: short write ({written}/{len(frame)})")
+            if written != len(record):
+                raise StateError(f"prediction journal: short write ({written}/{len(record)})")
             self._size += written
 
     def close(self) -> None:

@@ -1,64 +1,44 @@
-"""The shared state: prediction log, feedback, windows and the live pointer, behind one interface.
+"""The shared state's interface and the types that cross it.
 
-Several BentoML workers, the ``argus`` CLI and (later) several replicas share one store, so
-nothing that matters lives only in one worker's memory. ``StateStore`` is the interface;
-``open_state`` picks a backend from a URL: the embedded SQLite file under ``ARGUS_HOME``
-(default) or, later, Redis. Nothing SQL-specific crosses this interface.
+Several BentoML workers, the ``argus`` CLI and several replicas share one store, so
+nothing that matters lives only in one worker's memory (docs/architecture.md#shared-state).
+``StateStore`` is the interface both backends implement (``state/sqlite_store.py``,
+``state/redis_store.py``); ``state/opener.py`` picks one from a URL. Nothing SQL- or
+Redis-specific crosses this interface.
 
 What is stored, and for how long:
 
-- **Prediction log** -- one ``PredictionRecord`` per predicted row, kept for
-  ``retention_seconds`` and at most ``max_rows`` rows (``prune``). Raw inputs are *not*
-  logged by default (privacy): a row's inputs are logged only when the record carries them
-  or when the store was opened with ``store_inputs=True``.
+- **Prediction log** -- every predicted row, kept for ``retention_seconds`` and at most
+  ``max_rows`` rows (``prune``). Raw inputs are *not* logged unless the store was opened
+  with ``store_inputs=True`` (privacy).
 - **Input window** -- for input drift, a bounded ring of the most recent ``input_window``
   input rows per (model, version), overwritten oldest first; ``input_window=0`` keeps none.
 - **Live pointer** -- the live version per model and the append-only history of switches.
 
-Writes come as batches through ``record_batches`` (a ``PredictionBatch`` holds the rows one
-request predicted, as arrays; its encoding is also the journal's record format, see
-``monitoring/records.py``) or as per-row ``PredictionRecord`` objects through
-``record_predictions``.
-
-Durability: ``record_batches``, ``record_predictions`` and ``record_feedback`` return only
-once their single transaction is committed, so a record whose response was sent survives
-the writer being killed (SIGKILL) right after. Backends may lose the last transactions on
-power loss.
-
-Ids (``new_ids``) are UUIDv7-shaped hex strings: 48 bits of Unix milliseconds, then 74
-random bits from ``os.urandom``. They sort by creation time (to the millisecond), and the
-random part makes collisions across processes and restarts negligible (about 1 in 2**37
-even for 2**37 ids created in the same millisecond).
+Writes come as ``PredictionBatch`` objects (the rows one request predicted, as arrays;
+``state/records.py``) through ``record_batches``, and labels through ``record_feedback``.
+Both return only once their single transaction is committed, so a record whose response
+was sent survives the writer being killed (SIGKILL) right after.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from models.errors import StateError
-from monitoring.records import PredictionBatch, PredictionRecord
+from errors import StateError
+from state.records import PredictionBatch, PredictionRecord
+
+ErrorHook = Callable[[str, StateError], None]
+"""Called with (operation, error) for a failure no caller waits for (a prune after a
+committed write, a background ingestion); the service counts it in
+``argus_state_errors_total{operation}``."""
 
 ROLLBACK = "rollback"
 """The ``reason`` of a switch made by ``rollback``; history replay treats it as undo."""
-
-
-class DuplicateIdError(StateError, ValueError):
-    """A prediction id is already in the log (ids supplied by clients must be unique)."""
-
-    def __init__(self, message: str, ids: Sequence[str]) -> None:
-        super().__init__(message)
-        self.ids = list(ids)
-
-
-class NoRollbackTargetError(StateError, LookupError):
-    """The model has no earlier live version to roll back to."""
 
 
 @dataclass(frozen=True)
@@ -186,28 +166,19 @@ class StateOptions:
 
 
 class StateStore(Protocol):
-    """What every backend provides. Methods raise ``StateError`` when storage fails."""
+    """What every backend provides. Methods raise ``errors.StateError`` when storage fails."""
 
     options: StateOptions
+    on_error: ErrorHook | None
 
     def new_ids(self, n: int) -> list[str]:
         """``n`` fresh prediction ids, unique across processes and restarts."""
         ...
 
-    def record_predictions(
-        self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
-    ) -> None:
-        """Log the rows of one request in one transaction, committed on return.
-
-        ``inputs`` (rows x features, row i belongs to ``records[i]``) feeds the input
-        window. Raises ``DuplicateIdError`` if an id is already logged (nothing written).
-        """
-        ...
-
     def record_batches(self, batches: Sequence[PredictionBatch]) -> None:
         """Log the rows of several requests in one transaction, committed on return.
 
-        The bulk form of ``record_predictions``, all or nothing: ``DuplicateIdError``
+        All or nothing: ``DuplicateIdError``
         (its ``ids`` the ones already logged) if any id is already logged, ``ValueError``
         if an id repeats across ``batches``; nothing is written then. A batch's
         ``inputs`` feed its version's input window (when ``input_window > 0``) and are
@@ -280,85 +251,3 @@ class StateStore(Protocol):
     def close(self) -> None:
         """Release this process's connections; the store is unusable afterwards."""
         ...
-
-
-def new_ids(n: int, now: float | None = None) -> list[str]:
-    """``n`` UUIDv7-shaped ids (32 hex chars) for time ``now`` (default: the clock).
-
-    Examples
-    --------
-    >>> ids = new_ids(3, now=0.0)
-    >>> len(set(ids)), ids[0][:12], ids[0][12]
-    (3, '000000000000', '7')
-    """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n!r}")
-    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    prefix = f"{ms:012x}"  # 48-bit milliseconds, then 10 bytes per id, set in strides:
-    raw = bytearray(os.urandom(10 * n))
-    raw[0::10] = bytes(raw[0::10]).translate(_VERSION_7)  # 0111 xxxx: version 7
-    raw[2::10] = bytes(raw[2::10]).translate(_VARIANT_10)  # 10xx xxxx: the RFC variant
-    text = raw.hex()
-    return [prefix + text[i : i + 20] for i in range(0, 20 * n, 20)]
-
-
-_VERSION_7 = bytes(0x70 | (b & 0x0F) for b in range(256))
-_VARIANT_10 = bytes(0x80 | (b & 0x3F) for b in range(256))
-
-
-def rollback_target(history: Sequence[Switch]) -> str | None:
-    """Replay a model's switches as a stack (switch = push, rollback = pop) and return
-    the version below the current one, i.e. what ``rollback`` should make live.
-
-    Examples
-    --------
-    >>> h = [Switch(1.0, "a", None, "activate"), Switch(2.0, "b", "a", "activate"),
-    ...      Switch(3.0, "a", "b", "rollback")]
-    >>> rollback_target(h) is None, rollback_target(h[:2])
-    (True, 'a')
-    """
-    stack: list[str] = []
-    for switch in history:
-        if switch.reason == ROLLBACK and len(stack) >= 2 and stack[-2] == switch.version:
-            stack.pop()
-        else:
-            stack.append(switch.version)
-    return stack[-2] if len(stack) >= 2 else None
-
-
-def open_state(url: str | None, home: Path, **options: object) -> StateStore:
-    """Open the shared state named by ``url``.
-
-    ``None`` or ``"sqlite://"`` selects the SQLite file ``home / "state.sqlite3"``;
-    ``"sqlite:///abs/path.db"`` an absolute path, ``"sqlite://rel.db"`` a path relative to
-    ``home``; a ``?mode=ro`` suffix opens it read-only. ``"redis://[user:password@]host:port/db"``
-    (or ``rediss://``) selects the Redis backend; ``?prefix=name:`` namespaces its keys
-    (default ``argus:``). ``options`` are the fields of ``StateOptions``.
-    """
-    try:
-        opts = StateOptions(**options)  # type: ignore[arg-type]
-    except TypeError as exc:
-        known = ", ".join(StateOptions.__dataclass_fields__)
-        raise ValueError(f"unknown state option ({exc}); known options: {known}") from None
-    home = Path(home).expanduser()
-    if url is None or url.startswith("sqlite://"):
-        from monitoring.sqlite_state import SQLiteState
-
-        rest = "" if url is None else url[len("sqlite://") :]
-        rest, _, query = rest.partition("?")
-        if query not in ("", "mode=ro"):
-            raise StateError(f"state url {url!r}: the only supported query is ?mode=ro")
-        if rest in (":memory:", "/:memory:"):
-            raise StateError("state url: an in-memory SQLite database cannot be shared")
-        path = home / rest if rest else home / "state.sqlite3"
-        return SQLiteState(path, opts, read_only=query == "mode=ro")
-    if url.startswith("redis://") or url.startswith("rediss://"):
-        try:
-            from monitoring.redis_state import RedisState
-        except ImportError as exc:
-            raise StateError(
-                f"state url {url.split('://')[0]}://...: the Redis backend needs the redis "
-                f"package ({exc}): pip install 'redis>=5'"
-            ) from None
-        return RedisState(url, opts)
-    raise StateError(f"state url {url!r}: unsupported scheme (use sqlite:// or redis://)")

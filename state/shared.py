@@ -1,4 +1,14 @@
-"""Write-behind prediction log: a per-process journal file in front of the shared state.
+"""How a process that records or reads predictions holds the shared state: ``SharedState``.
+
+``SharedState`` is the one interface the service and the CLI use, whichever store is
+behind it. It has two forms (docs/architecture.md#shared-state):
+
+* ``WriteThroughState`` -- every write goes straight to the store. Replicas on several
+  machines (Redis) use it, since they cannot read each other's journal files.
+* ``JournaledState`` -- a write-behind prediction log, described below. One machine
+  (SQLite, the default) uses it.
+
+``JournaledState``: a per-process journal file in front of the shared state.
 
 The hot path of ``/predict`` must make every answered prediction durable before the
 response leaves, and it must stay cheap. A transaction per request in the shared store
@@ -28,6 +38,7 @@ the first one ingested keeps the id, the other rows are dropped and counted in
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -38,12 +49,13 @@ from typing import Any
 
 import numpy as np
 
-from models.errors import StateError
-from monitoring.journal_file import Journal, read_frames, read_offset, write_offset
-from monitoring.records import PredictionBatch, PredictionRecord
-from monitoring.state import (
+from errors import DuplicateIdError, StateError
+from state.backend import check_unique
+from state.journal import Journal, read_frames, read_offset, write_offset
+from state.records import PredictionBatch, PredictionRecord
+from state.types import (
     Counts,
-    DuplicateIdError,
+    ErrorHook,
     FeedbackResult,
     LabelledWindow,
     LiveMarker,
@@ -55,14 +67,126 @@ from monitoring.state import (
 log = logging.getLogger("argus.journal")
 
 
-class JournaledState:
-    """A ``StateStore`` whose prediction writes go through the journal (see module doc).
+class SharedState:
+    """A ``StateStore`` as a recording or reading process holds it.
 
-    Every other method delegates to ``inner`` after ingesting pending journal records, so
-    reads see all answered predictions of this machine.
+    Every ``StateStore`` method is here, delegating to ``inner`` (the backend); reads of
+    the log first call ``ingest``, which a subclass with pending local writes overrides.
+    ``record_answered`` is what the request path calls to make a request's rows durable
+    before its response leaves.
     """
 
-    fast_writes = True  # record_batch is one local write: fine on the event loop
+    def __init__(self, inner: StateStore) -> None:
+        self.inner = inner
+        self.options = inner.options
+
+    @property
+    def on_error(self) -> ErrorHook | None:
+        return self.inner.on_error
+
+    @on_error.setter
+    def on_error(self, hook: ErrorHook | None) -> None:
+        self.inner.on_error = hook
+
+    def report(self, operation: str, exc: StateError) -> None:
+        log.error("shared state: %s failed: %s", operation, exc)
+        if self.inner.on_error is not None:
+            self.inner.on_error(operation, exc)
+
+    # -- what the two forms do differently -------------------------------------------
+
+    def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
+        """Make ``batch`` durable; ``DuplicateIdError`` for ids already recorded."""
+        raise NotImplementedError
+
+    async def record_answered(self, batch: PredictionBatch) -> None:
+        """``record_batch`` from the event loop, for rows whose ids were checked."""
+        await asyncio.to_thread(self.record_batch, batch, False)
+
+    def ingest(self) -> int:
+        """Move pending local writes into the store; the number of rows moved."""
+        return 0
+
+    def start(self) -> None:
+        """Start background work (ingestion), if this form has any."""
+
+    # -- the StateStore methods --------------------------------------------------------
+
+    def new_ids(self, n: int) -> list[str]:
+        return self.inner.new_ids(n)
+
+    def record_batches(self, batches: Sequence[PredictionBatch]) -> None:
+        """Straight to the store (after ingesting), so its all-or-nothing contract holds."""
+        self.ingest()
+        self.inner.record_batches(batches)
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, PredictionRecord]:
+        self.ingest()
+        return self.inner.lookup(ids)
+
+    def record_feedback(self, items: Sequence[tuple[str, int]], t: float) -> FeedbackResult:
+        self.ingest()
+        return self.inner.record_feedback(items, t)
+
+    def input_window(self, model: str, version: str, n: int) -> np.ndarray:
+        self.ingest()
+        return self.inner.input_window(model, version, n)
+
+    def prediction_window(self, model: str, version: str, n: int) -> PredictionWindow:
+        self.ingest()
+        return self.inner.prediction_window(model, version, n)
+
+    def labelled_window(self, model: str, version: str, m: int) -> LabelledWindow:
+        self.ingest()
+        return self.inner.labelled_window(model, version, m)
+
+    def counts(self, model: str, version: str) -> Counts:
+        self.ingest()
+        return self.inner.counts(model, version)
+
+    def prune(self, now: float) -> int:
+        self.ingest()
+        return self.inner.prune(now)
+
+    def get_live(self, model: str) -> str | None:
+        return self.inner.get_live(model)
+
+    def live_marker(self, model: str) -> LiveMarker:
+        return self.inner.live_marker(model)
+
+    def set_live(self, model: str, version: str, reason: str, t: float) -> None:
+        self.inner.set_live(model, version, reason, t)
+
+    def history(self, model: str) -> list[Switch]:
+        return self.inner.history(model)
+
+    def previous_live(self, model: str) -> str:
+        return self.inner.previous_live(model)
+
+    def rollback(self, model: str, t: float) -> str:
+        return self.inner.rollback(model, t)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __enter__(self) -> SharedState:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class WriteThroughState(SharedState):
+    """Every write reaches the store before it returns (one round trip per request:
+    the Redis backend writes a request's rows in one script)."""
+
+    def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
+        self.inner.record_batches([self.options.as_kept(batch)])
+
+
+class JournaledState(SharedState):
+    """Prediction writes go through this process's journal (see the module doc); every
+    read ingests the journals of this machine first."""
 
     def __init__(
         self,
@@ -72,13 +196,12 @@ class JournaledState:
         ingest_every: float = 0.2,
         background: bool = False,
     ) -> None:
-        self.inner = inner
-        self.options = inner.options
+        super().__init__(inner)
         self.directory = Path(directory)
         self.journal = Journal(self.directory)
         self.ingest_every = ingest_every
         self.dropped_duplicates = 0
-        self.last_ingest_error: StateError | None = None
+        self._failing: str | None = None
         self._offsets: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,61 +210,18 @@ class JournaledState:
 
     # -- the hot path ----------------------------------------------------------------
 
-    def new_ids(self, n: int) -> list[str]:
-        return self.inner.new_ids(n)
-
     def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
         """Make ``batch`` durable; raises ``DuplicateIdError`` for ids already stored."""
-        if len(set(batch.ids)) != len(batch.ids):
-            raise ValueError("ids repeated within one batch")
+        check_unique(batch.ids)
         if check_ids:
             taken = sorted(self.lookup(list(batch.ids)))
             if taken:
                 raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken)
         self.journal.append(self.options.as_kept(batch).encode())
 
-    def record_predictions(
-        self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
-    ) -> None:
-        """The ``StateStore`` method. Records that fit one batch (one model, version and
-        time, no labels, no inputs of their own) go through the journal; others are
-        written to ``inner`` directly, after ingesting what the journal holds."""
-        if not records:
-            return
-        first = records[0]
-        if any(
-            (r.model, r.version, r.t) != (first.model, first.version, first.t)
-            or r.inputs is not None
-            or r.true_label is not None
-            for r in records
-        ):
-            self.ingest()
-            self.inner.record_predictions(records, inputs)
-            return
-        if inputs is not None and np.shape(inputs)[:1] != (len(records),):
-            raise ValueError(
-                f"inputs: expected {len(records)} rows x features, got shape {np.shape(inputs)}"
-            )
-        self.record_batch(
-            PredictionBatch(
-                model=first.model,
-                version=first.version,
-                t=first.t,
-                ids=[r.id for r in records],
-                labels=np.array([r.label for r in records]),
-                confidences=np.array([r.confidence for r in records], dtype=np.float32),
-                probabilities=np.array([r.probabilities for r in records], dtype=np.float32),
-                anomaly_scores=np.array([r.anomaly_score for r in records]),
-                anomalous=np.array([r.anomalous for r in records]),
-                inputs=inputs,
-            )
-        )
-
-    def record_batches(self, batches: Sequence[PredictionBatch]) -> None:
-        """The ``StateStore`` method: straight to ``inner`` (after ingesting the journal),
-        so its all-or-nothing contract holds."""
-        self.ingest()
-        self.inner.record_batches(batches)
+    async def record_answered(self, batch: PredictionBatch) -> None:
+        """One local append: cheap enough to run on the event loop itself."""
+        self.record_batch(batch, check_ids=False)
 
     # -- ingestion -------------------------------------------------------------------
 
@@ -266,11 +346,13 @@ class JournaledState:
         while not self._stop.wait(self.ingest_every):
             try:
                 self.ingest()
-                self.last_ingest_error = None
-            except StateError as exc:
-                if str(exc) != str(self.last_ingest_error):
+                self._failing = None
+            except StateError as exc:  # counted every round, logged once per failure
+                if str(exc) != self._failing:
                     log.error("journal ingestion failed, will retry: %s", exc)
-                self.last_ingest_error = exc
+                self._failing = str(exc)
+                if self.inner.on_error is not None:
+                    self.inner.on_error("ingest", exc)
             except Exception:  # keep the thread alive whatever one round did
                 log.exception("journal ingestion failed")
 
@@ -285,57 +367,3 @@ class JournaledState:
             log.error("journal left for the next process to ingest: %s", exc)
         self.journal.close()
         self.inner.close()
-
-    # -- reads and everything else: ingest first, then delegate ----------------------
-
-    def lookup(self, ids: Sequence[str]) -> dict[str, PredictionRecord]:
-        self.ingest()
-        return self.inner.lookup(ids)
-
-    def record_feedback(self, items: Sequence[tuple[str, int]], t: float) -> FeedbackResult:
-        self.ingest()
-        return self.inner.record_feedback(items, t)
-
-    def input_window(self, model: str, version: str, n: int) -> np.ndarray:
-        self.ingest()
-        return self.inner.input_window(model, version, n)
-
-    def prediction_window(self, model: str, version: str, n: int) -> PredictionWindow:
-        self.ingest()
-        return self.inner.prediction_window(model, version, n)
-
-    def labelled_window(self, model: str, version: str, m: int) -> LabelledWindow:
-        self.ingest()
-        return self.inner.labelled_window(model, version, m)
-
-    def counts(self, model: str, version: str) -> Counts:
-        self.ingest()
-        return self.inner.counts(model, version)
-
-    def prune(self, now: float) -> int:
-        self.ingest()
-        return self.inner.prune(now)
-
-    def get_live(self, model: str) -> str | None:
-        return self.inner.get_live(model)
-
-    def live_marker(self, model: str) -> LiveMarker:
-        return self.inner.live_marker(model)
-
-    def set_live(self, model: str, version: str, reason: str, t: float) -> None:
-        self.inner.set_live(model, version, reason, t)
-
-    def history(self, model: str) -> list[Switch]:
-        return self.inner.history(model)
-
-    def previous_live(self, model: str) -> str:
-        return self.inner.previous_live(model)
-
-    def rollback(self, model: str, t: float) -> str:
-        return self.inner.rollback(model, t)
-
-    def __enter__(self) -> JournaledState:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -31,8 +31,8 @@ Schema (version 2)::
 
 
 A database of another schema version is refused with a ``StateError`` (an older one: move
-the file away and a new one is made). ``monitoring/sqlite_blocks.py`` writes and deletes
-these rows; ``monitoring/sqlite_state.py`` answers the ``StateStore`` methods from them.
+the file away and a new one is made). ``state/sqlite_blocks.py`` writes and deletes
+these rows; ``state/sqlite_store.py`` answers the ``StateStore`` methods from them.
 
 Connections: one per thread per process, opened lazily (``check_same_thread=False`` only
 so that ``close`` may close them all). ``SQLiteFile`` remembers the pid that opened them; a
@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from models.errors import StateError
+from errors import StateError
 
 SCHEMA_VERSION = 2
 _SCHEMA = """

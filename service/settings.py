@@ -11,13 +11,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from models.errors import ArgusError
+from errors import SettingsError
 
 DEFAULT_MODEL = "argus-digits"
-
-
-class SettingsError(ArgusError, ValueError):
-    """An ``ARGUS_*`` variable holds a value of the wrong type or range."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +22,7 @@ class Settings:
 
     ``home`` holds the embedded state (``state.sqlite3``) and, unless ``BENTOML_HOME`` is
     set, BentoML's model store (``home/bentoml``). ``model_source`` is a folder of
-    ``.bentomodel`` archives shared by every replica (see README "Scaling out").
+    ``.bentomodel`` archives shared by every replica (see docs/operations.md#scaling-out).
     """
 
     home: Path = Path("~/.argus")

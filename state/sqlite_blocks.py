@@ -1,4 +1,4 @@
-"""Writing and deleting log rows in the SQLite schema of ``monitoring/sqlite_db.py``.
+"""Writing and deleting log rows in the SQLite schema of ``state/sqlite_db.py``.
 
 Storage is batch-oriented: rows arrive by request (``PredictionBatch``) and are stored by
 block, so a row costs about one small B-tree insert (its id) and the rest is paid per
@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydantic_core import to_json
 
-from monitoring.records import PredictionBatch, PredictionRecord
+from state.records import PredictionBatch
 
 _BLOCK_ROWS = 1024  # merge puts the successive batches of a version into blocks of at most
 _BLOCK_BYTES = 256 << 10  # this many rows and (about) this many bytes; no batch is split
 _INSERT_BLOCK = "INSERT INTO blocks VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_IDS = "INSERT INTO ids (id, vid, block, pos) SELECT value, ?, ?, key FROM json_each(?)"
 _INSERT_ID = "INSERT INTO ids (id, vid, block, pos) VALUES (?, ?, ?, ?)"
-_LABEL = "UPDATE ids SET true_label = ?, feedback_t = ?, predicted = ?, t = ? WHERE id = ?"
 _DELETE_IDS = """
 DELETE FROM ids WHERE block = ?1 AND id IN (
     SELECT value FROM json_each(?2) WHERE key >= ?3 AND key < ?4)
@@ -62,7 +61,6 @@ class Block:
     probabilities: np.ndarray  # float32 (n, k)
     x: np.ndarray | None = None  # float32 (n, d): logged inputs
     ring: list[np.ndarray] = field(default_factory=list)  # float32 (n, d) in parts
-    labelled: list[tuple[int, int, float | None]] = field(default_factory=list)
 
 
 def merge(batches: Sequence[PredictionBatch], *, ring: bool, log_inputs: bool) -> list[Block]:
@@ -118,84 +116,27 @@ def _cat(arrays: list, dtype: str) -> np.ndarray:
     return np.concatenate(arrays, dtype=dtype, casting="unsafe")
 
 
-def blocks_of(
-    records: Sequence[PredictionRecord],
-    rows32: np.ndarray | None,
-    *,
-    input_window: int,
-    store_inputs: bool,
-) -> list[Block]:
-    """One block per run of records that share model, version, the number of
-    classes and the width of the inputs they carry themselves."""
-
-    def key(r: PredictionRecord) -> tuple[object, ...]:
-        width = None if r.inputs is None else len(r.inputs)
-        return (r.model, r.version, len(r.probabilities), width)
-
-    ring = rows32 is not None and input_window > 0
-    blocks: list[Block] = []
-    start = 0
-    while start < len(records):
-        first = key(records[start])
-        end = start + 1
-        while end < len(records) and key(records[end]) == first:
-            end += 1
-        run = records[start:end]
-        n, k = len(run), len(run[0].probabilities)
-        x = None
-        if run[0].inputs is not None:  # inputs of the record itself: always logged
-            x = np.array([r.inputs for r in run], dtype="<f4").reshape(n, len(run[0].inputs))
-        elif store_inputs and rows32 is not None:
-            x = rows32[start:end]
-        blocks.append(
-            Block(
-                model=run[0].model,
-                version=run[0].version,
-                ids=[r.id for r in run],
-                ts=np.array([r.t for r in run], dtype="<f8"),
-                labels=np.array([int(r.label) for r in run], dtype="<i8"),
-                confidences=np.array([r.confidence for r in run], dtype="<f8"),
-                scores=np.array([r.anomaly_score for r in run], dtype="<f8"),
-                anomalous=np.array([bool(r.anomalous) for r in run], dtype="u1"),
-                probabilities=np.array([r.probabilities for r in run], "<f4").reshape(n, k),
-                x=x,
-                ring=[rows32[start:end]] if ring and rows32 is not None else [],
-                labelled=[
-                    (pos, int(r.true_label), None if r.feedback_t is None else r.feedback_t)
-                    for pos, r in enumerate(run)
-                    if r.true_label is not None
-                ],
-            )
-        )
-        start = end
-    return blocks
-
-
 def insert(conn: sqlite3.Connection, blocks: list[Block], input_window: int) -> None:
     """Write ``blocks`` in the caller's write transaction: each takes the next arrival
-    numbers, its version's lifetime counts grow, its ids join ``ids`` (with their labels,
-    if the records came labelled) and its inputs feed the ring of ``input_window`` rows."""
+    numbers, its version's lifetime prediction count grows, its ids join ``ids`` and its
+    inputs feed the ring of ``input_window`` rows."""
     row = conn.execute("SELECT block + n FROM blocks ORDER BY block DESC LIMIT 1").fetchone()
     ring_top = conn.execute("SELECT MAX(block) FROM ring").fetchone()[0]
     number = max(row[0] if row else 0, -1 if ring_top is None else ring_top + 1)
-    totals: dict[tuple[str, str], list[int]] = {}
+    totals: dict[tuple[str, str], int] = {}
     for b in blocks:
-        total = totals.setdefault((b.model, b.version), [0, 0])
-        total[0] += len(b.ids)
-        total[1] += len(b.labelled)
+        totals[(b.model, b.version)] = totals.get((b.model, b.version), 0) + len(b.ids)
     vids: dict[tuple[str, str], int] = {}
-    for (model, version), (predictions, labelled) in totals.items():
+    for (model, version), predictions in totals.items():
         vids[(model, version)] = conn.execute(
-            "INSERT INTO versions (model, version, predictions, labelled) VALUES (?, ?, ?, ?) "
+            "INSERT INTO versions (model, version, predictions, labelled) VALUES (?, ?, ?, 0) "
             "ON CONFLICT (model, version) DO UPDATE SET "
-            "predictions = predictions + excluded.predictions, "
-            "labelled = labelled + excluded.labelled RETURNING vid",
-            (model, version, predictions, labelled),
+            "predictions = predictions + excluded.predictions RETURNING vid",
+            (model, version, predictions),
         ).fetchone()[0]
     block_rows: list[tuple[object, ...]] = []
     id_lists: list[tuple[int, int, str]] = []
     id_rows: list[tuple[str, int, int, int]] = []
-    labels: list[tuple[int, float | None, bytes, bytes, str]] = []
     rings: dict[int, list[tuple[int, Block]]] = {}
     for b in blocks:
         vid = vids[(b.model, b.version)]
@@ -211,18 +152,12 @@ def insert(conn: sqlite3.Connection, blocks: list[Block], input_window: int) -> 
             id_lists.append((vid, number, listed))
         else:
             id_rows += [(id_, vid, number, pos) for pos, id_ in enumerate(b.ids)]
-        labels += [
-            (true, feedback_t, b.labels[pos : pos + 1].tobytes(), b.ts[pos : pos + 1].tobytes(),
-             b.ids[pos])
-            for pos, true, feedback_t in b.labelled
-        ]  # fmt: skip
         if b.ring:
             rings.setdefault(vid, []).append((number, b))
         number += len(b.ids)
     conn.executemany(_INSERT_IDS, id_lists)
     conn.executemany(_INSERT_ID, id_rows)
     conn.executemany(_INSERT_BLOCK, block_rows)
-    conn.executemany(_LABEL, labels)
     for vid, entries in rings.items():
         push_inputs(conn, vid, entries, input_window)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from monitoring.journal import JournaledState
-from monitoring.records import PredictionBatch
-from monitoring.state import open_state
+from state.opener import open_state
+from state.records import PredictionBatch
+from state.shared import JournaledState
 
 
 def _batch(i: int) -> PredictionBatch:
@@ -38,8 +38,8 @@ def _batch(i: int) -> PredictionBatch:
 
 
 def test_a_rotation_during_ingestion_loses_no_row(tmp_path: Path) -> None:
-    writer = JournaledState(open_state(None, tmp_path), tmp_path / "journal")
-    reader = JournaledState(open_state(None, tmp_path), tmp_path / "journal")
+    writer = JournaledState(open_state(None, tmp_path).inner, tmp_path / "journal")
+    reader = JournaledState(open_state(None, tmp_path).inner, tmp_path / "journal")
     for i in range(3):
         writer.record_batch(_batch(i), check_ids=False)
     store = reader._store

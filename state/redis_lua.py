@@ -1,4 +1,4 @@
-"""The Lua scripts of the Redis backend (``monitoring/redis_state.py``).
+"""The Lua scripts of the Redis backend (``state/redis_store.py``).
 
 Redis runs each script alone, so each is one atomic step; the comment above each gives its
 KEYS and ARGV. Scripts never fail half-way by design: everything that can refuse a call
@@ -26,8 +26,8 @@ local function push(key, items)
   end
 end
 """
-# KEYS: seq, log, rings, one key per row, then per group: ids, counts, ring, labelled.
-# ARGV: n, groups, keep, token; per row: id, group, w, q, flags, x, y, f, tail;
+# KEYS: seq, log, rings, one key per row, then per group: ids, counts, ring.
+# ARGV: n, groups, keep, token; per row: id, group, w, q, flags, x;
 # per group: model, version, k, then k ring entries.
 RECORD = (
     _HELPERS
@@ -36,10 +36,10 @@ local n, groups, keep, token = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(AR
 if redis.call('HGET', KEYS[4], 'r') == token then return {0} end  -- a retry: already applied
 local taken = {1}
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[3 + i]) == 1 then taken[#taken + 1] = ARGV[5 + (i - 1) * 9] end
+  if redis.call('EXISTS', KEYS[3 + i]) == 1 then taken[#taken + 1] = ARGV[5 + (i - 1) * 6] end
 end
 if #taken > 1 then return taken end
-local model, version, ring, a = {}, {}, {}, 4 + n * 9
+local model, version, ring, a = {}, {}, {}, 4 + n * 6
 for g = 1, groups do
   local k = tonumber(ARGV[a + 3])
   model[g], version[g], ring[g] = ARGV[a + 1], ARGV[a + 2], {}
@@ -47,23 +47,15 @@ for g = 1, groups do
   a = a + 3 + k
 end
 local top = redis.call('INCRBY', KEYS[1], n)
-local ids, per, labelled = {}, {}, {}
-for g = 1, groups do per[g], labelled[g] = {}, 0 end
+local ids, per = {}, {}
+for g = 1, groups do per[g] = {} end
 for i = 1, n do
-  local a = 4 + (i - 1) * 9
+  local a = 4 + (i - 1) * 6
   local id, g, flags = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 5]
   local seq = string.format('%016d', top - n + i)
   local fields = {'m', model[g], 'v', version[g], 's', seq, 'w', ARGV[a + 3], 'q', ARGV[a + 4]}
   if string.find(flags, 'x', 1, true) then
     table.insert(fields, 'x'); table.insert(fields, ARGV[a + 6])
-  end
-  if string.find(flags, 'y', 1, true) then
-    local member, f = seq .. ARGV[a + 9], ARGV[a + 8]
-    table.insert(fields, 'y'); table.insert(fields, ARGV[a + 7])
-    table.insert(fields, 'lm'); table.insert(fields, member)
-    if f ~= '' then table.insert(fields, 'f'); table.insert(fields, f) end
-    redis.call('ZADD', KEYS[3 + n + g * 4], f == '' and '-inf' or f, member)
-    labelled[g] = labelled[g] + 1
   end
   if i == 1 then table.insert(fields, 'r'); table.insert(fields, token) end
   redis.call('HSET', KEYS[3 + i], unpack(fields))
@@ -72,10 +64,9 @@ for i = 1, n do
 end
 push(KEYS[2], ids)
 for g = 1, groups do
-  local k = 3 + n + (g - 1) * 4
+  local k = 3 + n + (g - 1) * 3
   push(KEYS[k + 1], per[g])
   redis.call('HINCRBY', KEYS[k + 2], 'p', #per[g])
-  if labelled[g] > 0 then redis.call('HINCRBY', KEYS[k + 2], 'l', labelled[g]) end
   if #ring[g] > 0 then
     push(KEYS[k + 3], ring[g])
     redis.call('LTRIM', KEYS[k + 3], -keep, -1)

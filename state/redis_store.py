@@ -18,8 +18,8 @@ deployments can share one Redis; ``:`` and ``%`` in model and version names are 
     {P}live:{model}        hash: version, serial
     {P}hist:{model}        list of switches (JSON), oldest first
 
-Atomicity: each write is one Lua script, which Redis runs alone. ``record_predictions`` (and
-``record_batches``, all its batches as one list of records) checks every id and then writes
+Atomicity: each write is one Lua script, which Redis runs alone. ``record_batches`` (all its
+batches as one list of records) checks every id and then writes
 rows, indexes, counts and the ring in one round trip (nothing is written when an id exists);
 ``record_feedback`` sets the label only on rows without one, so of two processes labelling
 one id exactly one wins; ``set_live`` and ``rollback`` compare the history length before
@@ -44,38 +44,41 @@ on Redis's persistence: with ``appendonly yes`` and ``appendfsync everysec`` at 
 one second of writes; with RDB snapshots only, everything since the last snapshot; with
 neither, everything. Configure Redis accordingly.
 
-Connections, forks and error messages: ``monitoring/redis_db.py``.
+Connections, forks and error messages: ``state/redis_db.py``.
 """
 
 from __future__ import annotations
 
 import json
-import operator
 import os
 import struct
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from models.errors import StateError
-from monitoring.records import PredictionBatch, PredictionRecord
-from monitoring.redis_db import RedisDB
-from monitoring.state import (
+from errors import DuplicateIdError, StateError
+from state.backend import (
+    Backend,
+    check_unique,
+    checked_feedback,
+    empty_prediction_window,
+    rollback_target_of,
+    window_length,
+)
+from state.records import PredictionBatch, PredictionRecord
+from state.redis_db import RedisDB
+from state.types import (
     ROLLBACK,
     Counts,
-    DuplicateIdError,
     FeedbackRecord,
     FeedbackResult,
     LabelledWindow,
     LiveMarker,
-    NoRollbackTargetError,
     PredictionWindow,
     StateOptions,
     Switch,
-    new_ids,
-    rollback_target,
 )
 
 _CHUNK = 1000  # log rows removed per prune script
@@ -83,25 +86,22 @@ _SWITCH_TRIES = 50
 
 _W = struct.Struct("<dqddB")  # t, label, confidence, anomaly_score, anomalous
 _T = struct.Struct("<d")
-_TAIL = struct.Struct("<dqqd")  # a labelled member after its seq: t, label, true, feedback t
 _Q = struct.Struct("<q")
 _LABELLED = np.dtype(
     [("seq", "S16"), ("t", "<f8"), ("label", "<i8"), ("true", "<i8"), ("feedback_t", "<f8")]
 )
 
 
-class RedisState:
+class RedisState(Backend):
     """``StateStore`` over the Redis at ``url`` (see the module docstring)."""
 
     def __init__(
         self, url: str, options: StateOptions | None = None, *, prefix: str | None = None
     ) -> None:
-        self.options = options or StateOptions()
+        super().__init__(options)
         self._db = RedisDB(url, self.options, prefix)
         self.display_url = self._db.display_url
         self.prefix = self._db.prefix
-        self.last_prune_error: StateError | None = None
-        self._unpruned = 0
 
     def close(self) -> None:
         self._db.close()
@@ -117,23 +117,8 @@ class RedisState:
 
     # -- predictions and feedback -------------------------------------------------------
 
-    def new_ids(self, n: int) -> list[str]:
-        return new_ids(n)
-
-    def record_predictions(
-        self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
-    ) -> None:
-        rows32: np.ndarray | None = None
-        if inputs is not None:
-            rows32 = np.ascontiguousarray(inputs, dtype=np.float32)
-            if rows32.ndim != 2 or len(rows32) != len(records):
-                raise ValueError(
-                    f"inputs: expected {len(records)} rows x features, got shape {rows32.shape}"
-                )
-        self._record(records, rows32)
-
     def record_batches(self, batches: Sequence[PredictionBatch]) -> None:
-        """Every batch's rows in one script (all or nothing), as ``record_predictions``."""
+        """Every batch's rows in one script (all or nothing)."""
         records: list[PredictionRecord] = []
         rows: list[np.ndarray | None] = []
         for position, batch in enumerate(batches):
@@ -153,23 +138,14 @@ class RedisState:
     ) -> None:
         if not records:
             return
-        ids = [r.id for r in records]
-        if len(set(ids)) != len(ids):
-            repeated = sorted(i for i, c in Counter(ids).items() if c > 1)
-            raise ValueError(f"records: ids repeated within one call: {repeated[:5]}")
+        check_unique([r.id for r in records])
         keys, args = self._record_arguments(records, rows32)
         with self._db.use("record predictions") as conn:
             result = conn.record(keys=keys, args=args, client=conn.client)
         if result[0] == 1:
             taken = sorted(i.decode() for i in result[1:])
             raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken)
-        self._unpruned += len(records)
-        if self.options.prune_every and self._unpruned >= self.options.prune_every:
-            self._unpruned = 0
-            try:
-                self.prune(max(r.t for r in records))
-            except StateError as exc:  # the predictions are recorded: report, don't fail
-                self.last_prune_error = exc
+        self._written(len(records), max(r.t for r in records))
 
     def _record_arguments(
         self,
@@ -191,22 +167,14 @@ class RedisState:
             t, label = float(r.t), int(r.label)
             w = _W.pack(t, label, float(r.confidence), float(r.anomaly_score), bool(r.anomalous))
             q = np.asarray(r.probabilities, dtype=np.float32).tobytes()
-            flags, x, y, f, tail = "", b"", b"", b"", b""
-            if r.inputs is not None:
-                flags, x = "x", np.asarray(r.inputs, dtype=np.float32).tobytes()
-            elif log_inputs and rows32 is not None and (row := rows32[i]) is not None:
+            flags, x = "", b""
+            if log_inputs and rows32 is not None and (row := rows32[i]) is not None:
                 flags, x = "x", row.tobytes()
-            if r.true_label is not None:
-                flags += "y"
-                y = str(int(r.true_label)).encode()
-                f = b"" if r.feedback_t is None else repr(float(r.feedback_t)).encode()
-                feedback_t = np.nan if r.feedback_t is None else float(r.feedback_t)
-                tail = _TAIL.pack(t, label, int(r.true_label), feedback_t)
-            args += [r.id, number[(r.model, r.version)], w, q, flags, x, y, f, tail]
+            args += [r.id, number[(r.model, r.version)], w, q, flags, x]
         keep = self.options.input_window
         for (model, version), index in groups.items():
             base = self._version_key(model, version)
-            keys += [base + "p", base + "c", base + "x", base + "l"]
+            keys += [base + "p", base + "c", base + "x"]
             ring = []
             if rows32 is not None and keep > 0:
                 with_rows = [(i, row) for i in index if (row := rows32[i]) is not None]
@@ -217,12 +185,7 @@ class RedisState:
         return keys, args
 
     def record_feedback(self, items: Sequence[tuple[str, int]], t: float) -> FeedbackResult:
-        checked = []
-        for position, (id_, label) in enumerate(items):
-            try:
-                checked.append((str(id_), operator.index(label)))
-            except TypeError:
-                raise ValueError(f"items[{position}]: label {label!r} is not an int") from None
+        checked = checked_feedback(items)
         first = dict(reversed(checked))  # the first label of each id
         distinct = list(dict.fromkeys(id_ for id_, _ in checked))
         outcome: dict[str, list[bytes]] = {}
@@ -283,7 +246,7 @@ class RedisState:
         return (int(width), blob) if count else (0, b"")
 
     def input_window(self, model: str, version: str, n: int) -> np.ndarray:
-        n = _count(n, "n")
+        n = window_length(n, "n")
         entries: list[bytes] = []
         if n:
             with self._db.use("read the input window") as conn:
@@ -300,16 +263,11 @@ class RedisState:
     def prediction_window(self, model: str, version: str, n: int) -> PredictionWindow:
         key = self._version_key(model, version) + "p"
         what = f"probabilities of {model}:{version}"
-        width, blob = self._last("read the prediction window", "window", key, _count(n, "n"), what)
+        width, blob = self._last(
+            "read the prediction window", "window", key, window_length(n, "n"), what
+        )
         if not blob:
-            return PredictionWindow(
-                labels=np.empty(0, dtype=np.int64),
-                confidences=np.empty(0),
-                probabilities=np.empty((0, 0)),
-                anomaly_scores=np.empty(0),
-                anomalous=np.empty(0, dtype=bool),
-                t=np.empty(0),
-            )
+            return empty_prediction_window()
         k = (width - _W.size) // 4
         rows = np.frombuffer(blob, _window_dtype(k))
         return PredictionWindow(
@@ -324,7 +282,9 @@ class RedisState:
     def labelled_window(self, model: str, version: str, m: int) -> LabelledWindow:
         key = self._version_key(model, version) + "l"
         what = f"labels of {model}:{version}"
-        width, blob = self._last("read the labelled window", "last_zset", key, _count(m, "m"), what)
+        width, blob = self._last(
+            "read the labelled window", "last_zset", key, window_length(m, "m"), what
+        )
         if blob and width != _LABELLED.itemsize:
             raise StateError(f"{what}: stored entries are malformed")
         rows = np.frombuffer(blob, _LABELLED)
@@ -341,9 +301,6 @@ class RedisState:
         return Counts(int(p or 0), int(lab or 0))
 
     # -- live pointer -------------------------------------------------------------------
-
-    def get_live(self, model: str) -> str | None:
-        return self.live_marker(model).version
 
     def live_marker(self, model: str) -> LiveMarker:
         with self._db.use("read the live pointer") as conn:
@@ -366,13 +323,10 @@ class RedisState:
             entries = conn.client.lrange(f"{self.prefix}hist:{_escape(model)}", 0, -1)
         return [_switch_entry(e) for e in entries]
 
-    def previous_live(self, model: str) -> str:
-        return _target(model, self.history(model))
-
     def rollback(self, model: str, t: float) -> str:
         for _ in range(_SWITCH_TRIES):  # optimistic: retry if another switch came first
             history = self.history(model)
-            target = _target(model, history)
+            target = rollback_target_of(model, history)
             if self._switch(model, target, ROLLBACK, t, expected=str(len(history))) >= 0:
                 return target
         raise StateError(f"cannot roll back {model!r}: the live pointer keeps changing")
@@ -395,13 +349,6 @@ class RedisState:
 
 def _escape(name: str) -> str:
     return name.replace("%", "%25").replace(":", "%3A")
-
-
-def _count(n: int, name: str) -> int:
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n}")
-    return n
 
 
 def _window_dtype(k: int) -> np.dtype:
@@ -433,10 +380,3 @@ def _record(id_: str, row: list[Any]) -> PredictionRecord:
 def _switch_entry(entry: bytes) -> Switch:
     d = json.loads(entry)
     return Switch(float(d["t"]), d["version"], d["previous"], d["reason"])
-
-
-def _target(model: str, history: list[Switch]) -> str:
-    target = rollback_target(history)
-    if target is None:
-        raise NoRollbackTargetError(f"model {model!r} has no earlier live version to roll back to")
-    return target

@@ -6,6 +6,8 @@ them into a one-line message and a non-zero exit, the service into a 4xx JSON bo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ArgusError(Exception):
     """Base class of every error Argus raises on purpose."""
@@ -33,3 +35,19 @@ class ExportError(ArgusError):
 
 class StateError(ArgusError):
     """The shared state store cannot be read or written."""
+
+
+class DuplicateIdError(StateError, ValueError):
+    """A prediction id is already in the log (ids supplied by clients must be unique)."""
+
+    def __init__(self, message: str, ids: Sequence[str]) -> None:
+        super().__init__(message)
+        self.ids = list(ids)
+
+
+class NoRollbackTargetError(StateError, LookupError):
+    """The model has no earlier live version to roll back to."""
+
+
+class SettingsError(ArgusError, ValueError):
+    """An ``ARGUS_*`` variable holds a value of the wrong type or range."""

@@ -2,14 +2,13 @@
 
 Storage is batch-oriented: a request's rows are stored by block (packed arrays), so a row
 costs about one small B-tree insert (its id) and the rest is paid per block. The schema,
-connections and durability are described in ``monitoring/sqlite_db.py``; how rows are
+connections and durability are described in ``state/sqlite_db.py``; how rows are
 merged into blocks, how the input window stays bounded and how retention deletes are in
-``monitoring/sqlite_blocks.py``. This module answers the ``StateStore`` methods.
+``state/sqlite_blocks.py``. This module answers the ``StateStore`` methods.
 """
 
 from __future__ import annotations
 
-import operator
 import sqlite3
 import struct
 from collections import Counter
@@ -18,24 +17,28 @@ from pathlib import Path
 
 import numpy as np
 
-from models.errors import StateError
-from monitoring import sqlite_blocks
-from monitoring.records import PredictionBatch, PredictionRecord
-from monitoring.sqlite_db import SCHEMA_VERSION, SQLiteFile, is_integrity
-from monitoring.state import (
+from errors import DuplicateIdError, StateError
+from state import sqlite_blocks
+from state.backend import (
+    Backend,
+    check_unique,
+    checked_feedback,
+    empty_prediction_window,
+    rollback_target_of,
+    window_length,
+)
+from state.records import PredictionBatch, PredictionRecord
+from state.sqlite_db import SCHEMA_VERSION, SQLiteFile, is_integrity
+from state.types import (
     ROLLBACK,
     Counts,
-    DuplicateIdError,
     FeedbackRecord,
     FeedbackResult,
     LabelledWindow,
     LiveMarker,
-    NoRollbackTargetError,
     PredictionWindow,
     StateOptions,
     Switch,
-    new_ids,
-    rollback_target,
 )
 
 __all__ = ["SCHEMA_VERSION", "SQLiteState"]
@@ -56,19 +59,17 @@ ORDER BY feedback_t DESC, block DESC, pos DESC LIMIT ?
 """
 
 
-class SQLiteState:
+class SQLiteState(Backend):
     """``StateStore`` over the SQLite file ``path`` (see the module docstring)."""
 
     def __init__(
         self, path: Path, options: StateOptions | None = None, *, read_only: bool = False
     ) -> None:
+        super().__init__(options)
         self.path = Path(path)
-        self.options = options or StateOptions()
         self.read_only = read_only
-        self.last_prune_error: StateError | None = None
         self._db = SQLiteFile(self.path, self.options.busy_timeout, read_only=read_only)
         self._use = self._db.use
-        self._unpruned = 0
 
     def close(self) -> None:
         self._db.close()
@@ -81,42 +82,16 @@ class SQLiteState:
 
     # -- predictions and feedback -------------------------------------------------------
 
-    def new_ids(self, n: int) -> list[str]:
-        return new_ids(n)
-
     def record_batches(self, batches: Sequence[PredictionBatch]) -> None:
         ring = self.options.input_window > 0
         self._write(sqlite_blocks.merge(batches, ring=ring, log_inputs=self.options.store_inputs))
 
-    def record_predictions(
-        self, records: Sequence[PredictionRecord], inputs: np.ndarray | None = None
-    ) -> None:
-        if not records:
-            return
-        rows32: np.ndarray | None = None
-        if inputs is not None:
-            rows32 = np.ascontiguousarray(inputs, dtype="<f4")
-            if rows32.ndim != 2 or len(rows32) != len(records):
-                raise ValueError(
-                    f"inputs: expected {len(records)} rows x features, got shape {rows32.shape}"
-                )
-        self._write(
-            sqlite_blocks.blocks_of(
-                records,
-                rows32,
-                input_window=self.options.input_window,
-                store_inputs=self.options.store_inputs,
-            )
-        )
-
     def _write(self, new: list[sqlite_blocks.Block]) -> None:
-        """Store ``new`` in one transaction: the shared part of the record methods."""
+        """Store ``new`` in one transaction."""
         if not new:
             return
         ids = [id_ for b in new for id_ in b.ids]
-        if len(set(ids)) != len(ids):
-            repeated = sorted(i for i, c in Counter(ids).items() if c > 1)
-            raise ValueError(f"records: ids repeated within one call: {repeated[:5]}")
+        check_unique(ids)
         try:
             with self._use("record predictions", write=True) as conn:
                 sqlite_blocks.insert(conn, new, self.options.input_window)
@@ -125,13 +100,7 @@ class SQLiteState:
             if taken:
                 raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken) from exc
             raise
-        self._unpruned += len(ids)
-        if self.options.prune_every and self._unpruned >= self.options.prune_every:
-            self._unpruned = 0
-            try:
-                self.prune(max(float(b.ts.max()) for b in new))
-            except StateError as exc:  # the predictions are committed: report, don't fail
-                self.last_prune_error = exc
+        self._written(len(ids), max(float(b.ts.max()) for b in new))
 
     def _existing(self, ids: Sequence[str]) -> list[str]:
         """The ids among ``ids`` already logged, sorted."""
@@ -145,12 +114,7 @@ class SQLiteState:
         return sorted(found)
 
     def record_feedback(self, items: Sequence[tuple[str, int]], t: float) -> FeedbackResult:
-        checked = []
-        for position, (id_, label) in enumerate(items):
-            try:
-                checked.append((str(id_), operator.index(label)))
-            except TypeError:
-                raise ValueError(f"items[{position}]: label {label!r} is not an int") from None
+        checked = checked_feedback(items)
         accepted: list[str] = []
         unknown: list[str] = []
         duplicate: list[str] = []
@@ -220,7 +184,7 @@ class SQLiteState:
     # -- windows ------------------------------------------------------------------------
 
     def input_window(self, model: str, version: str, n: int) -> np.ndarray:
-        n = _count(n, "n")
+        n = window_length(n, "n")
         parts: list[tuple[int, bytes]] = []  # newest first: (d, float32 rows)
         have = 0
         with self._use("read the input window") as conn:
@@ -245,7 +209,7 @@ class SQLiteState:
         return flat.reshape(have, d).astype(np.float64)
 
     def prediction_window(self, model: str, version: str, n: int) -> PredictionWindow:
-        n = _count(n, "n")
+        n = window_length(n, "n")
         parts: list[tuple[int, tuple]] = []  # newest first: (first pos taken, block row)
         have = 0
         with self._use("read the prediction window") as conn:
@@ -265,14 +229,7 @@ class SQLiteState:
                         break
                 cursor.close()
         if not parts:
-            return PredictionWindow(
-                labels=np.empty(0, dtype=np.int64),
-                confidences=np.empty(0),
-                probabilities=np.empty((0, 0)),
-                anomaly_scores=np.empty(0),
-                anomalous=np.empty(0, dtype=bool),
-                t=np.empty(0),
-            )
+            return empty_prediction_window()
         parts.reverse()
         k = parts[0][1][2]
         if any(row[2] != k for _, row in parts):
@@ -293,7 +250,7 @@ class SQLiteState:
         )
 
     def labelled_window(self, model: str, version: str, m: int) -> LabelledWindow:
-        m = _count(m, "m")
+        m = window_length(m, "m")
         with self._use("read the labelled window") as conn:
             vid = _vid(conn, model, version)
             rows = [] if vid is None else conn.execute(_LABELLED, (vid, m)).fetchall()
@@ -314,9 +271,6 @@ class SQLiteState:
         return Counts(*row) if row else Counts(0, 0)
 
     # -- live pointer -------------------------------------------------------------------
-
-    def get_live(self, model: str) -> str | None:
-        return self.live_marker(model).version
 
     def live_marker(self, model: str) -> LiveMarker:
         with self._use("read the live pointer") as conn:
@@ -350,12 +304,9 @@ class SQLiteState:
         with self._use("read the live history") as conn:
             return _history(conn, model)
 
-    def previous_live(self, model: str) -> str:
-        return _target(model, self.history(model))
-
     def rollback(self, model: str, t: float) -> str:
         with self._use("roll back", write=True) as conn:
-            target = _target(model, _history(conn, model))
+            target = rollback_target_of(model, _history(conn, model))
             self._switch(conn, model, target, ROLLBACK, t)
         return target
 
@@ -403,13 +354,6 @@ def _vid(conn: sqlite3.Connection, model: str, version: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _count(n: int, name: str) -> int:
-    n = operator.index(n)
-    if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n}")
-    return n
-
-
 def _record(row: tuple, block: tuple) -> PredictionRecord:
     id_, model, version, _, pos, true, feedback_t = row
     _, k, d, ts, labels, confidences, scores, anomalous, probs, x = block
@@ -435,10 +379,3 @@ def _history(conn: sqlite3.Connection, model: str) -> list[Switch]:
         (model,),
     ).fetchall()
     return [Switch(*row) for row in rows]
-
-
-def _target(model: str, history: list[Switch]) -> str:
-    target = rollback_target(history)
-    if target is None:
-        raise NoRollbackTargetError(f"model {model!r} has no earlier live version to roll back to")
-    return target

@@ -27,30 +27,29 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.errors import StateError
-from monitoring import sqlite_state
-from monitoring.records import PredictionBatch, PredictionRecord
-from monitoring.sqlite_state import SCHEMA_VERSION, SQLiteState
-from monitoring.state import (
-    Counts,
-    DuplicateIdError,
-    LiveMarker,
-    NoRollbackTargetError,
-    StateStore,
-    Switch,
-    new_ids,
-    open_state,
-)
+from errors import DuplicateIdError, NoRollbackTargetError, StateError
+from state import sqlite_store
+from state.ids import new_ids
+from state.opener import open_state
+from state.records import PredictionBatch, PredictionRecord
+from state.shared import JournaledState, WriteThroughState
+from state.sqlite_store import SCHEMA_VERSION, SQLiteState
+from state.types import Counts, LiveMarker, StateStore, Switch
 from tests.redis_server import RedisServer, require_redis
 
 try:
-    from monitoring import redis_state
-    from monitoring.redis_state import RedisState
+    from state import redis_store
+    from state.redis_store import RedisState
 except ImportError:  # the redis package is optional; its tests skip (or fail in CI)
-    redis_state = None  # type: ignore[assignment]
+    redis_store = None  # type: ignore[assignment]
     RedisState = None  # type: ignore[assignment,misc]
 
 SPAWN = mp.get_context("spawn")
+
+
+def open_backend(url: str | None, home: Path, **options: object) -> StateStore:
+    """The backend ``open_state`` picks for ``url``, without the journal or wrapper."""
+    return open_state(url, home, journal=False, **options).inner
 
 
 @dataclass
@@ -60,7 +59,7 @@ class Backend:
     home: Path
 
     def open(self, **options: object) -> StateStore:
-        return open_state(self.url, self.home, **options)
+        return open_backend(self.url, self.home, **options)
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -100,10 +99,39 @@ def make_records(
     ]
 
 
+def batches_of(
+    records: list[PredictionRecord], inputs: np.ndarray | None = None
+) -> list[PredictionBatch]:
+    """One ``PredictionBatch`` per record (each keeps its own time), row i's inputs
+    ``inputs[i]``."""
+    return [
+        PredictionBatch(
+            model=r.model,
+            version=r.version,
+            t=r.t,
+            ids=[r.id],
+            labels=np.array([r.label]),
+            confidences=np.array([r.confidence], dtype=np.float32),
+            probabilities=np.array([r.probabilities], dtype=np.float32),
+            anomaly_scores=np.array([r.anomaly_score]),
+            anomalous=np.array([r.anomalous]),
+            inputs=None if inputs is None else np.asarray(inputs)[i : i + 1],
+        )
+        for i, r in enumerate(records)
+    ]
+
+
+def write(
+    store: StateStore, records: list[PredictionRecord], inputs: np.ndarray | None = None
+) -> None:
+    """Log ``records`` in one ``record_batches`` call."""
+    store.record_batches(batches_of(records, inputs))
+
+
 def record(store: StateStore, n: int, features: int = 4, **kw: object) -> list[PredictionRecord]:
     records = make_records(store.new_ids(n), **kw)  # type: ignore[arg-type]
     inputs = np.array([[r.t + j for j in range(features)] for r in records])
-    store.record_predictions(records, inputs)
+    write(store, records, inputs)
     return records
 
 
@@ -111,16 +139,16 @@ def record(store: StateStore, n: int, features: int = 4, **kw: object) -> list[P
 
 
 def _child_ids(url: str | None, home: Path, n: int, out: mp.connection.Connection) -> None:
-    store = open_state(url, home)
+    store = open_backend(url, home)
     out.send(store.new_ids(n))
 
 
 def _child_record_until_killed(url: str | None, home: Path, out: mp.connection.Connection) -> None:
-    store = open_state(url, home)
+    store = open_backend(url, home)
     batch = 0
     while True:
         ids = store.new_ids(8)
-        store.record_predictions(make_records(ids, t0=1000.0 + batch), np.ones((8, 16)))
+        write(store, make_records(ids, t0=1000.0 + batch), np.ones((8, 16)))
         out.send(ids)  # "the response was sent"
         batch += 1
 
@@ -133,7 +161,7 @@ def _child_feedback(
     barrier: threading.Barrier,
     out: mp.connection.Connection,
 ) -> None:
-    store = open_state(url, home)
+    store = open_backend(url, home)
     order = np.random.default_rng(label).permutation(len(ids))
     barrier.wait()
     accepted = []
@@ -155,17 +183,17 @@ def _child_read_only_file(directory: str, out: mp.connection.Connection) -> None
     db = Path(directory) / "state.sqlite3"
     results = []
     with SQLiteState(db) as first:
-        first.record_predictions(batches[0])
+        write(first, batches[0])
     os.chmod(db, 0o444)
     store = SQLiteState(db)
     try:
-        store.record_predictions(batches[1])
+        write(store, batches[1])
         results.append("written while read-only")
     except StateError as exc:
         results.append(str(exc))
     for path in db.parent.glob("state.sqlite3*"):  # SQLite gave -wal/-shm the db's mode
         os.chmod(path, 0o644)
-    store.record_predictions(batches[2])
+    write(store, batches[2])
     results.append(str(len(store.prediction_window("m", "v1", 10))))
     out.send(results)
 
@@ -190,21 +218,30 @@ def _run(target: Callable[..., None], *args: object, timeout: float = 20.0) -> A
 
 
 def test_open_state_selects_backend_and_path(tmp_path: Path) -> None:
-    default = open_state(None, tmp_path)
-    assert isinstance(default, SQLiteState) and default.path == tmp_path / "state.sqlite3"
-    relative = open_state("sqlite://sub/x.db", tmp_path)
+    default = open_state(None, tmp_path)  # SQLite: behind this machine's journal
+    assert isinstance(default, JournaledState) and default.directory == tmp_path / "journal"
+    assert isinstance(default.inner, SQLiteState)
+    assert default.inner.path == tmp_path / "state.sqlite3"
+    relative = open_state("sqlite://sub/x.db", tmp_path, journal=False).inner
     assert isinstance(relative, SQLiteState) and relative.path == tmp_path / "sub" / "x.db"
-    absolute = open_state(f"sqlite://{tmp_path}/abs.db", Path("/nonexistent"))
+    absolute = open_state(f"sqlite://{tmp_path}/abs.db", Path("/nonexistent")).inner
     assert isinstance(absolute, SQLiteState) and absolute.path == tmp_path / "abs.db"
+    read_only = open_state("sqlite://abs.db?mode=ro", tmp_path)  # nothing to ingest into
+    assert isinstance(read_only, WriteThroughState)
     assert open_state("sqlite://", tmp_path, input_window=7).options.input_window == 7
     if RedisState is None:
         with pytest.raises(StateError, match="needs the redis package"):
             open_state("redis://localhost:6379/0", tmp_path)
     else:  # opening connects to nothing yet
-        remote = open_state("redis://:pw@localhost:1/3?prefix=prod:", tmp_path, max_rows=9)
+        shared = open_state("redis://:pw@localhost:1/3?prefix=prod:", tmp_path, max_rows=9)
+        assert isinstance(shared, WriteThroughState)  # replicas cannot read a journal
+        remote = shared.inner
         assert isinstance(remote, RedisState) and remote.prefix == "prod:"
         assert remote.options.max_rows == 9 and "pw" not in remote.display_url
-        assert open_state("rediss://h:6380/0", tmp_path).prefix == "argus:"  # type: ignore[attr-defined]
+        tls = open_state("rediss://h:6380/0", tmp_path).inner
+        assert isinstance(tls, RedisState) and tls.prefix == "argus:"
+        with pytest.raises(ValueError, match="journal"):
+            open_state("redis://localhost:1/0", tmp_path, journal=True)
     with pytest.raises(StateError, match="unsupported scheme"):
         open_state("ftp://x", tmp_path)
     with pytest.raises(ValueError, match="unknown state option"):
@@ -246,24 +283,24 @@ def test_inputs_logged_only_when_asked(backend: Backend) -> None:
     store = backend.open(store_inputs=True)
     records = record(store, 2, features=3)
     assert store.lookup([records[1].id])[records[1].id].inputs == (1001.0, 1002.0, 1003.0)
-    explicit = make_records(store.new_ids(1), version="v2")[0]
-    explicit = PredictionRecord(**{**explicit.__dict__, "inputs": (0.5, 1.5)})
-    plain = backend.open()
-    plain.record_predictions([explicit])
-    assert plain.lookup([explicit.id])[explicit.id].inputs == (0.5, 1.5)
+    plain = backend.open(input_window=5)
+    others = record(plain, 2, features=3, version="v2")
+    assert plain.lookup([others[0].id])[others[0].id].inputs is None
+    assert plain.input_window("m", "v2", 5).shape == (2, 3)  # the ring keeps them
 
 
 def test_record_rejects_bad_batches_atomically(store: StateStore) -> None:
     existing = record(store, 1)[0]
     ids = store.new_ids(2)
     with pytest.raises(ValueError, match="repeated"):
-        store.record_predictions(make_records([ids[0], ids[0]]))
+        write(store, make_records([ids[0], ids[0]]))
     with pytest.raises(DuplicateIdError) as info:
-        store.record_predictions(make_records([ids[1], existing.id]))
+        write(store, make_records([ids[1], existing.id]))
     assert info.value.ids == [existing.id]
     assert store.lookup(ids) == {}  # nothing of the failed batch was written
+    (bad,) = batches_of(make_records(ids[:1]))
     with pytest.raises(ValueError, match="inputs"):
-        store.record_predictions(make_records(ids), np.ones((3, 2)))
+        store.record_batches([replace(bad, inputs=np.ones((3, 2)))])
     assert store.counts("m", "v1").predictions == 1
 
 
@@ -533,7 +570,7 @@ def test_input_window_read_is_fast(backend: Backend) -> None:
     rng = np.random.default_rng(0)
     for start in range(0, 1000, 250):
         ids = store.new_ids(250)
-        store.record_predictions(make_records(ids, t0=start), rng.random((250, 784)))
+        write(store, make_records(ids, t0=start), rng.random((250, 784)))
     began = time.perf_counter()
     window = store.input_window("m", "v1", 1000)
     predictions = store.prediction_window("m", "v1", 1000)
@@ -594,20 +631,6 @@ def test_names_with_separators_stay_apart(store: StateStore) -> None:
     assert store.get_live("m:1%") == "v:2" and store.get_live("m") is None
 
 
-def test_records_may_arrive_labelled(store: StateStore) -> None:
-    records = make_records(store.new_ids(3))
-    records[0] = replace(records[0], true_label=2, feedback_t=1500.0)
-    records[2] = replace(records[2], true_label=0)  # a label without a time
-    store.record_predictions(records)
-    assert store.counts("m", "v1") == Counts(3, 2)
-    window = store.labelled_window("m", "v1", 10)
-    assert window.true.tolist() == [0, 2]  # no feedback time sorts as the oldest
-    assert np.isnan(window.feedback_t[0]) and window.feedback_t[1] == 1500.0
-    assert store.lookup([records[0].id])[records[0].id] == records[0]
-    result = store.record_feedback([(records[0].id, 1), (records[1].id, 1)], t=1600.0)
-    assert result.duplicate_ids == [records[0].id] and result.accepted == [records[1].id]
-
-
 # -- retention ------------------------------------------------------------------------------
 
 
@@ -628,9 +651,9 @@ def test_prune_by_age(backend: Backend) -> None:
 def test_prune_by_row_count_keeps_the_newest(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_state, "_CHUNK", 1)  # SQLite deletes in chunks of 20 rows
-    if redis_state is not None:
-        monkeypatch.setattr(redis_state, "_CHUNK", 7)  # Redis: 7 rows per script
+    monkeypatch.setattr(sqlite_store, "_CHUNK", 1)  # SQLite deletes in chunks of 20 rows
+    if redis_store is not None:
+        monkeypatch.setattr(redis_store, "_CHUNK", 7)  # Redis: 7 rows per script
     store = backend.open(max_rows=20, prune_every=0)
     records = record(store, 50, t0=1000.0)
     assert store.prune(now=1000.0) == 30
@@ -649,18 +672,18 @@ def test_writers_prune_every_n_rows(backend: Backend) -> None:
 
 
 def test_read_only_url_can_read_but_not_write(tmp_path: Path) -> None:
-    writer = open_state(None, tmp_path)
+    writer = open_backend(None, tmp_path)
     rec = record(writer, 1)[0]
-    reader = open_state("sqlite://state.sqlite3?mode=ro", tmp_path)
+    reader = open_backend("sqlite://state.sqlite3?mode=ro", tmp_path)
     assert reader.lookup([rec.id])[rec.id] == rec
     with pytest.raises(StateError, match="read-only"):
-        reader.record_predictions(make_records(reader.new_ids(1)))
+        write(reader, make_records(reader.new_ids(1)))
     with pytest.raises(StateError, match="read-only"):
         reader.set_live("m", "v1", reason="activate", t=0.0)
 
 
 def test_locked_database_raises_then_recovers(tmp_path: Path) -> None:
-    store = open_state(None, tmp_path, busy_timeout=0.05)
+    store = open_backend(None, tmp_path, busy_timeout=0.05)
     record(store, 1)
     other = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
@@ -687,14 +710,14 @@ def test_read_only_file_raises_then_recovers() -> None:
 
 
 def test_newer_schema_or_foreign_file_is_refused(tmp_path: Path) -> None:
-    record(open_state(None, tmp_path), 1)
+    record(open_backend(None, tmp_path), 1)
     with sqlite3.connect(tmp_path / "state.sqlite3") as db:
         db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     with pytest.raises(StateError, match="newer than this Argus"):
-        open_state(None, tmp_path).get_live("m")
+        open_backend(None, tmp_path).get_live("m")
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(StateError, match="not a database"):
-        open_state("sqlite://junk.db", tmp_path).get_live("m")
+        open_backend("sqlite://junk.db", tmp_path).get_live("m")
 
 
 def test_older_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
@@ -703,7 +726,7 @@ def test_older_schema_is_refused_and_left_alone(tmp_path: Path) -> None:
         db.execute("INSERT INTO schema_version VALUES (1)")
         db.execute("CREATE TABLE predictions (seq INTEGER PRIMARY KEY)")
     with pytest.raises(StateError, match="older Argus.*[Mm]ove the file"):
-        open_state(None, tmp_path).get_live("m")
+        open_backend(None, tmp_path).get_live("m")
     with sqlite3.connect(tmp_path / "state.sqlite3") as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert tables == {"schema_version", "predictions"}
@@ -719,7 +742,7 @@ def _first_use(store: StateStore, barrier: threading.Barrier, errors: list) -> N
 
 def test_fresh_file_opened_by_many_threads_at_once(tmp_path: Path) -> None:
     for attempt in range(20):  # "database is locked" came in about 1 of 25 attempts
-        store = open_state(f"sqlite://fresh-{attempt}.db", tmp_path)
+        store = open_backend(f"sqlite://fresh-{attempt}.db", tmp_path)
         barrier = threading.Barrier(6)
         errors: list[BaseException] = []
         threads = [
@@ -734,7 +757,7 @@ def test_fresh_file_opened_by_many_threads_at_once(tmp_path: Path) -> None:
 
 
 def test_odd_ids_and_a_cut_block_survive_prune(tmp_path: Path) -> None:
-    store = open_state(None, tmp_path, max_rows=5, prune_every=0)
+    store = open_backend(None, tmp_path, max_rows=5, prune_every=0)
     odd = ["nul\x00inside", 'quote"and\\slash', "ünï cødé 🙂", "\u2028"]
     store.record_batches([make_batch(odd, t=1.0)])
     plain = store.new_ids(4)
@@ -763,8 +786,8 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 def test_redis_prefixes_keep_deployments_apart(redis_server: RedisServer, tmp_path: Path) -> None:
-    a = open_state(f"{redis_server.url}?prefix=a-{uuid.uuid4().hex}:", tmp_path)
-    b = open_state(f"{redis_server.url}?prefix=b-{uuid.uuid4().hex}:", tmp_path)
+    a = open_backend(f"{redis_server.url}?prefix=a-{uuid.uuid4().hex}:", tmp_path)
+    b = open_backend(f"{redis_server.url}?prefix=b-{uuid.uuid4().hex}:", tmp_path)
     ids = [r.id for r in record(a, 3)]
     a.set_live("m", "v1", reason="activate", t=1.0)
     assert b.lookup(ids) == {} and b.counts("m", "v1") == Counts(0, 0)
@@ -780,7 +803,7 @@ def test_redis_failures_raise_state_error_then_recover(
     import redis
 
     host = f"127.0.0.1:{own_redis.port}"
-    store = open_state(own_redis.url, tmp_path, busy_timeout=0.5)
+    store = open_backend(own_redis.url, tmp_path, busy_timeout=0.5)
     record(store, 1)
     own_redis.stop()
     with pytest.raises(StateError, match=f"Redis state at redis://{host}/0.*reachable"):
@@ -800,10 +823,10 @@ def test_redis_failures_raise_state_error_then_recover(
     record(store, 1)
     assert store.counts("m", "v1").predictions == 2
     admin.config_set("requirepass", "s3cret")
-    good = open_state(f"redis://:s3cret@{host}/0", tmp_path)
+    good = open_backend(f"redis://:s3cret@{host}/0", tmp_path)
     assert good.counts("m", "v1").predictions == 2
     with pytest.raises(StateError) as info:
-        open_state(f"redis://user:wrong-pw@{host}/0?password=wrong-pw", tmp_path).get_live("m")
+        open_backend(f"redis://user:wrong-pw@{host}/0?password=wrong-pw", tmp_path).get_live("m")
     assert "wrong-pw" not in str(info.value) and host in str(info.value)
     assert "check the user and password" in str(info.value)
     good.close()
@@ -812,7 +835,7 @@ def test_redis_failures_raise_state_error_then_recover(
 def test_redis_retried_writes_report_the_first_outcome(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = open_state(f"{redis_server.url}?prefix=retry-{uuid.uuid4().hex}:", tmp_path)
+    store = open_backend(f"{redis_server.url}?prefix=retry-{uuid.uuid4().hex}:", tmp_path)
     assert isinstance(store, RedisState)
     records = make_records(store.new_ids(2))
     keys, args = store._record_arguments(records, np.ones((2, 3), dtype=np.float32))
@@ -822,7 +845,7 @@ def test_redis_retried_writes_report_the_first_outcome(
     assert store.counts("m", "v1").predictions == 2
     assert store.input_window("m", "v1", 10).shape == (2, 3)
     with pytest.raises(DuplicateIdError):  # a new call with the same ids is a duplicate
-        store.record_predictions(records)
+        write(store, records)
     monkeypatch.setattr(os, "urandom", lambda n: b"\x01" * n)  # one token for two calls
     first = store.record_feedback([(records[0].id, 1)], t=5.0)
     retry = store.record_feedback([(records[0].id, 1)], t=5.0)
@@ -840,3 +863,20 @@ def test_redis_retried_writes_report_the_first_outcome(
         assert store._switch("m", "B", "rollback", 3.0, expected="3") == 1
     assert store.get_live("m") == "B" and len(store.history("m")) == 4
     assert store.rollback("m", t=4.0) == "A"
+
+
+def test_a_failed_prune_is_logged_and_counted_not_raised(
+    backend: Backend, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = backend.open(prune_every=2)
+    seen: list[tuple[str, str]] = []
+    store.on_error = lambda operation, exc: seen.append((operation, str(exc)))
+
+    def refuse(now: float) -> int:
+        raise StateError("no space left")
+
+    monkeypatch.setattr(store, "prune", refuse)
+    record(store, 3)  # the write commits; the prune after it fails
+    assert seen == [("prune", "no space left")]
+    assert "prune failed: no space left" in caplog.text
+    assert store.counts("m", "v1").predictions == 3

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from errors import DataError, ModelFormatError
 from models import store
 from models.card import ModelCard, code_version, sha256_file
-from models.errors import DataError, ModelFormatError
 from monitoring.performance import classification_report, expected_calibration_error
 from monitoring.profile import build_profile
 from training.csvtable import load_csv_table

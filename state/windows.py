@@ -16,7 +16,7 @@ import numpy as np
 from monitoring.drift import DriftReport, InputDriftDetector, PredictionDrift, prediction_drift
 from monitoring.performance import ClassificationReport, classification_report, estimated_accuracy
 from monitoring.profile import ReferenceProfile
-from monitoring.state import Counts, LabelledWindow, PredictionWindow, StateStore
+from state.types import Counts, LabelledWindow, PredictionWindow, StateStore
 
 DELAY_QUANTILES = (0.5, 0.9, 0.99)
 SCORE_QUANTILES = (0.5, 0.9, 0.99)

@@ -1,4 +1,4 @@
-"""Connections to the Redis behind ``monitoring/redis_state.py``: one pool per process.
+"""Connections to the Redis behind ``state/redis_store.py``: one pool per process.
 
 The state URL is ``redis://[user:password@]host:port/db[?prefix=argus:]`` (``rediss://``
 for TLS); ``prefix=`` is Argus's own argument and is taken out before redis-py sees the
@@ -28,9 +28,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from models.errors import StateError
-from monitoring import redis_lua as lua
-from monitoring.state import StateOptions
+from errors import StateError
+from state import redis_lua as lua
+from state.types import StateOptions
 
 DEFAULT_PREFIX = "argus:"
 _MIN_TIMEOUT = 0.5  # seconds: the socket timeout never goes below this
