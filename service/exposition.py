@@ -23,11 +23,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from models import store
 from monitoring.profile import ReferenceProfile
+from monitoring.windows import WindowFigures
 from service.runtime import ModelRuntime
 from service.settings import Settings
 from service.validation import RequestError
 from state.types import StateStore
-from state.windows import StateWindows, WindowFigures
+from state.windows import StateWindows
 
 MAX_FEATURE_SERIES = 64
 

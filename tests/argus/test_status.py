@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 from argus.cli import main
 from argus.status import render_status
 from monitoring.profile import build_profile
-from state.windows import window_figures
+from monitoring.windows import window_figures
 from tests.harness import free_port
 
 

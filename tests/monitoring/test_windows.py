@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from monitoring.binned import bin_counts
 from monitoring.profile import build_profile
-from state.windows import window_figures
+from monitoring.windows import window_figures
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
