@@ -270,7 +270,11 @@ def cmd_models_activate(args: argparse.Namespace, settings: Settings) -> int:
     name = _name(args, settings)
     stored = store.get_version(name, args.version)
     store.verify(stored)
-    _state(settings).set_live(name, stored.version, reason="activate", t=time.time())
+    newest = store.newest(name)  # what serves while no version was ever activated
+    default = None if newest is None else newest.version
+    _state(settings).set_live(
+        name, stored.version, reason="activate", t=time.time(), default=default
+    )
     print(f"{stored.tag} is live")
     return 0
 

@@ -243,8 +243,10 @@ class ArgusCore:
         try:
             if reason == "rollback":
                 self.state.rollback(name, t=self.clock())
-            else:
-                self.state.set_live(name, version, reason=reason, t=self.clock())
+            else:  # the newest serves while no pointer is set: rollback returns to it
+                newest = store.newest(name)
+                default = None if newest is None else newest.version
+                self.state.set_live(name, version, reason=reason, t=self.clock(), default=default)
         except NoRollbackTargetError as exc:  # another process rolled back meanwhile
             raise RequestError(409, "no_previous_version", str(exc)) from None
         except StateError as exc:

@@ -70,6 +70,7 @@ from state.backend import (
 from state.records import PredictionBatch, PredictionRecord
 from state.redis_db import RedisDB
 from state.types import (
+    DEFAULT,
     ROLLBACK,
     Counts,
     FeedbackRecord,
@@ -309,7 +310,11 @@ class RedisState(Backend):
             )
         return LiveMarker(None if version is None else version.decode(), int(serial or 0))
 
-    def set_live(self, model: str, version: str, reason: str, t: float) -> None:
+    def set_live(
+        self, model: str, version: str, reason: str, t: float, *, default: str | None = None
+    ) -> None:
+        if default is not None and default != version:  # only while the history is empty
+            self._switch(model, default, DEFAULT, t, expected="0")
         self._switch(model, version, reason, t, expected="")
 
     def _switch(self, model: str, version: str, reason: str, t: float, expected: str) -> int:

@@ -154,8 +154,10 @@ class SharedState:
     def live_marker(self, model: str) -> LiveMarker:
         return self.inner.live_marker(model)
 
-    def set_live(self, model: str, version: str, reason: str, t: float) -> None:
-        self.inner.set_live(model, version, reason, t)
+    def set_live(
+        self, model: str, version: str, reason: str, t: float, *, default: str | None = None
+    ) -> None:
+        self.inner.set_live(model, version, reason, t, default=default)
 
     def history(self, model: str) -> list[Switch]:
         return self.inner.history(model)

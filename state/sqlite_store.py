@@ -30,6 +30,7 @@ from state.backend import (
 from state.records import PredictionBatch, PredictionRecord
 from state.sqlite_db import SCHEMA_VERSION, SQLiteFile, is_integrity
 from state.types import (
+    DEFAULT,
     ROLLBACK,
     Counts,
     FeedbackRecord,
@@ -279,8 +280,13 @@ class SQLiteState(Backend):
             ).fetchone()
         return LiveMarker(row[0], row[1]) if row else LiveMarker(None, 0)
 
-    def set_live(self, model: str, version: str, reason: str, t: float) -> None:
+    def set_live(
+        self, model: str, version: str, reason: str, t: float, *, default: str | None = None
+    ) -> None:
         with self._use("set the live version", write=True) as conn:
+            unset = conn.execute("SELECT 1 FROM live WHERE model = ?", (model,)).fetchone() is None
+            if default is not None and default != version and unset:
+                self._switch(conn, model, default, DEFAULT, t)
             self._switch(conn, model, version, reason, t)
 
     def _switch(

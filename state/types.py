@@ -40,6 +40,10 @@ committed write, a background ingestion); the service counts it in
 ROLLBACK = "rollback"
 """The ``reason`` of a switch made by ``rollback``; history replay treats it as undo."""
 
+DEFAULT = "default"
+"""The ``reason`` recorded for the version that served without a pointer (the newest)
+when the first switch of a model is made, so that ``rollback`` can return to it."""
+
 
 @dataclass(frozen=True)
 class FeedbackRecord:
@@ -220,10 +224,15 @@ class StateStore(Protocol):
         """The live version and a switch serial; one cheap read, for polling workers."""
         ...
 
-    def set_live(self, model: str, version: str, reason: str, t: float) -> None:
+    def set_live(
+        self, model: str, version: str, reason: str, t: float, *, default: str | None = None
+    ) -> None:
         """Make ``version`` live and append the switch to the history.
 
-        A no-op (nothing appended) when ``version`` is already live.
+        A no-op (nothing appended) when ``version`` is already live. ``default`` names the
+        version that serves while the model has no pointer (the newest stored): if no
+        pointer is set yet, it is recorded first, with reason ``DEFAULT``, so that a
+        ``rollback`` after this switch returns to what was serving before it.
         """
         ...
 

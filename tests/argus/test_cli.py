@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits
 from argus.cli import main
 from models import store
 from models.store import StoredVersion
+from state.opener import open_state
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -315,3 +316,35 @@ def test_register_onnx_refuses_bad_models_clearly(
         assert code == 1 and message in err, err
         assert len(err.strip().splitlines()) == 1
     assert store.list_versions(model_name) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_rollback_returns_to_the_version_served_by_default(
+    capsys: pytest.CaptureFixture[str],
+    registered: list[StoredVersion],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    backend: str,
+) -> None:
+    """A new user trains twice (the newest serves, nothing was ever activated), activates
+    the older version and rolls back: the newest is live again."""
+    if backend == "redis":
+        server = request.getfixturevalue("redis_server")
+        monkeypatch.setenv("ARGUS_STATE_URL", f"{server.url}?prefix=cli-{registered[0].name}:")
+    old, new = registered
+    name = old.name
+    code, out, err = run(capsys, "models", "activate", old.version, "--name", name)
+    assert code == 0, err
+    code, out, err = run(capsys, "models", "rollback", "--name", name)  # a new process' view
+    assert code == 0, err
+    assert f"{name}:{new.version} is live" in out
+    state = open_state(os.environ.get("ARGUS_STATE_URL"), Path(os.environ["ARGUS_HOME"]))
+    try:
+        history = state.history(name)
+    finally:
+        state.close()
+    assert [(s.version, s.reason) for s in history] == [
+        (new.version, "default"),
+        (old.version, "activate"),
+        (new.version, "rollback"),
+    ]

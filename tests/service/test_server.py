@@ -200,6 +200,12 @@ def test_restart_keeps_log_feedback_and_live_pointer(
         assert r.json() == {"accepted": 2, "unknown_ids": [], "duplicate_ids": [ids[0]]}
         snap = c.get("/monitoring").json()
         assert snap["totals"] == {"predictions": 4, "labelled": 3}
+        # the newest served before the first activate: rollback returns to it, after a restart
+        r = c.post("/models/rollback", json={}, headers=auth)
+        assert r.status_code == 200, r.text
+        assert r.json()["live"] == new.version and c.get("/models").json()["live"] == new.version
+        reasons = [h["reason"] for h in c.get("/models").json()["history"]]
+        assert reasons == ["default", "activate", "rollback"]
 
 
 def test_http_errors_are_4xx_json_never_5xx(server: ArgusServer) -> None:

@@ -880,3 +880,18 @@ def test_a_failed_prune_is_logged_and_counted_not_raised(
     assert seen == [("prune", "no space left")]
     assert "prune failed: no space left" in caplog.text
     assert store.counts("m", "v1").predictions == 3
+
+
+def test_the_first_switch_records_the_version_that_served_by_default(store: StateStore) -> None:
+    store.set_live("m", "A", reason="activate", t=1.0, default="B")  # B was the newest
+    assert store.get_live("m") == "A" and store.previous_live("m") == "B"
+    assert store.rollback("m", t=2.0) == "B"
+    store.set_live("m", "C", reason="activate", t=3.0, default="Z")  # a pointer exists: no-op
+    store.set_live("n", "A", reason="activate", t=4.0, default="A")  # the default itself
+    assert store.history("m") == [
+        Switch(1.0, "B", None, "default"),
+        Switch(1.0, "A", "B", "activate"),
+        Switch(2.0, "B", "A", "rollback"),
+        Switch(3.0, "C", "B", "activate"),
+    ]
+    assert store.history("n") == [Switch(4.0, "A", None, "activate")]
