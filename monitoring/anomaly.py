@@ -175,6 +175,31 @@ class SubspaceAnomalyDetector:
         A = self._check(X)
         return self._score((A - self.mean_) / self.scale_)
 
+    def reconstruction_error(self, X: ArrayLike) -> np.ndarray:
+        """Squared distance of each standardised row from the principal subspace.
+
+        The residual energy inside :meth:`score`: ``score = mahalanobis +
+        reconstruction_error / residual_variance_``. It leaves out the within-subspace
+        Mahalanobis term, so it reacts to rows whose features no longer go together (they
+        leave the subspace) with less noise than the full score. The live multivariate
+        drift verdict tests the stored full scores instead, which cost nothing at scrape
+        time (``monitoring/multivariate.py``); ``bench/multivariate_power.py`` compares
+        both.
+
+        Parameters
+        ----------
+        X : array_like, shape (n, n_features)
+
+        Returns
+        -------
+        ndarray of float64, shape (n,)
+            Non-negative, in squared standardised units.
+        """
+        A = self._check(X)
+        Z = (A - self.mean_) / self.scale_
+        inside = np.square(Z @ self.components_.T).sum(axis=1)
+        return np.maximum(np.einsum("ij,ij->i", Z, Z) - inside, 0.0)
+
     def is_anomalous(self, scores: ArrayLike) -> np.ndarray:
         """Boolean mask ``scores > threshold_``."""
         if not hasattr(self, "threshold_"):

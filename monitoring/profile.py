@@ -3,8 +3,9 @@
 Built once at training time from the training inputs and the model's outputs on held-out
 rows, stored next to the model as JSON, and read by every serving worker. It holds what
 the monitors compare a window against: per-feature bins and counts (PSI, JS), a bounded
-row sample (KS), the fitted anomaly detector, and the held-out distributions of predicted
-classes and confidences (prediction drift).
+row sample (KS), the fitted anomaly detector, the held-out distributions of predicted
+classes and confidences (prediction drift), and the anomaly scores of held-out rows
+(multivariate drift, ``monitoring/multivariate.py``).
 
 Inputs are taken in float32, the model's input type: the bins, the sample and the drift
 detector's cast of each window then agree on ties whatever precision the rows travelled
@@ -26,6 +27,9 @@ from monitoring.anomaly import SubspaceAnomalyDetector
 from monitoring.binned import bin_counts, bin_counts_matrix, quantile_edges
 
 SCHEMA_VERSION = 1
+
+REFERENCE_SCORES_SIZE = 2000
+"""Most held-out anomaly scores a profile keeps for the multivariate drift test."""
 
 
 def _readonly(a: ArrayLike, dtype: type[np.generic]) -> np.ndarray:
@@ -75,6 +79,13 @@ class ReferenceProfile:
         Predicted-class shares on held-out rows.
     confidence_edges, confidence_counts : ndarray
         Binned largest-probability distribution on held-out rows.
+    reference_scores : ndarray of float64, shape (r,), or None
+        ``anomaly.score`` of up to ``REFERENCE_SCORES_SIZE`` held-out rows the detector
+        was not fitted on (the calibration rows that set its threshold), the reference of
+        :class:`monitoring.multivariate.MultivariateDriftDetector`: a window's stored
+        anomaly scores are tested against them. ``None`` when the profile was built
+        without held-out rows, or before this field existed (its JSON then has no
+        ``reference_scores`` key).
     """
 
     schema: int
@@ -89,6 +100,7 @@ class ReferenceProfile:
     class_share: tuple[float, ...]
     confidence_edges: np.ndarray
     confidence_counts: np.ndarray
+    reference_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.schema != SCHEMA_VERSION:
@@ -123,10 +135,21 @@ class ReferenceProfile:
                 f"anomaly detector was fitted on {self.anomaly.n_features_in_} "
                 f"features, not n_features={d}"
             )
+        if self.reference_scores is not None:
+            ref_scores = _readonly(self.reference_scores, np.float64)
+            if ref_scores.ndim != 1 or ref_scores.size == 0:
+                raise ValueError("reference_scores must be a non-empty one-dimensional array")
+            if not np.all(np.isfinite(ref_scores)) or ref_scores.min() < 0.0:
+                raise ValueError("reference_scores must be finite and non-negative")
+            set_(self, "reference_scores", ref_scores)
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready dictionary; the sample is base64 of little-endian float32."""
-        return {
+        """JSON-ready dictionary; the sample is base64 of little-endian float32.
+
+        ``reference_scores`` is a list of floats (exact through JSON), left out when None so
+        such a profile's JSON is what earlier versions wrote.
+        """
+        out: dict[str, object] = {
             "schema": self.schema,
             "n_features": self.n_features,
             "n_classes": self.n_classes,
@@ -140,6 +163,9 @@ class ReferenceProfile:
             "confidence_edges": self.confidence_edges.tolist(),
             "confidence_counts": self.confidence_counts.tolist(),
         }
+        if self.reference_scores is not None:
+            out["reference_scores"] = self.reference_scores.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ReferenceProfile:
@@ -162,6 +188,11 @@ class ReferenceProfile:
             class_share=tuple(float(v) for v in d["class_share"]),
             confidence_edges=np.asarray(d["confidence_edges"], dtype=np.float64),
             confidence_counts=np.asarray(d["confidence_counts"], dtype=np.int64),
+            reference_scores=(
+                None
+                if d.get("reference_scores") is None
+                else np.asarray(d["reference_scores"], dtype=np.float64)
+            ),
         )
 
     def to_json(self) -> str:
@@ -196,6 +227,7 @@ def build_profile(
     sample_size: int = 1000,
     target_fpr: float = 0.01,
     seed: int = 0,
+    reference_scores_size: int = REFERENCE_SCORES_SIZE,
 ) -> ReferenceProfile:
     """Build the reference profile of a model version.
 
@@ -208,6 +240,8 @@ def build_profile(
         confidence distribution come from them.
     X_calibration : array_like, shape (k, d), optional
         Held-out inputs that calibrate the anomaly threshold (else the training rows).
+        Their anomaly scores become ``reference_scores`` (without them it is None: the
+        training rows' scores are biased low).
     feature_names : sequence of str, optional
         Default ``f0 .. f{d-1}``.
     n_bins : int
@@ -217,7 +251,10 @@ def build_profile(
     target_fpr : float
         Anomaly detector's target false-alarm rate.
     seed : int
-        Seed of the sample.
+        Seed of the sample and of the subsample of reference scores.
+    reference_scores_size : int
+        Most held-out anomaly scores kept (a seeded subsample without replacement when
+        ``X_calibration`` has more rows; the threshold is set from every row).
 
     Examples
     --------
@@ -231,6 +268,8 @@ def build_profile(
     """
     if sample_size < 1:
         raise ValueError(f"sample_size must be >= 1, got {sample_size}")
+    if reference_scores_size < 1:
+        raise ValueError(f"reference_scores_size must be >= 1, got {reference_scores_size}")
     X = _finite_2d(X_reference, "X_reference", np.float32)
     n, d = X.shape
     if n < 2:
@@ -255,6 +294,12 @@ def build_profile(
     else:
         sample = X
     detector = SubspaceAnomalyDetector(target_fpr=target_fpr).fit(X, cal)
+    ref_scores = None
+    if cal is not None:
+        if cal.shape[0] > reference_scores_size:
+            rng = np.random.default_rng([seed, 1])
+            cal = cal[np.sort(rng.choice(cal.shape[0], reference_scores_size, replace=False))]
+        ref_scores = detector.score(cal)
     n_classes = prob.shape[1]
     predicted = prob.argmax(axis=1)
     share = np.bincount(predicted, minlength=n_classes) / prob.shape[0]
@@ -273,4 +318,5 @@ def build_profile(
         class_share=tuple(float(v) for v in share),
         confidence_edges=confidence_edges,
         confidence_counts=bin_counts(confidence, confidence_edges),
+        reference_scores=ref_scores,
     )
