@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models_parser(sub)
     status = sub.add_parser("status", help="print a running server's monitoring figures")
     status.add_argument("--url", default=None, help="server URL (default http://HOST:PORT)")
+    status.add_argument("--model", help="a served model (default: the server's default)")
     status.add_argument("--version", help="a version other than the live one")
     status.add_argument(
         "--top", type=_positive, default=10, help="how many drifted features to list"
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of requests sent with a malformed row, refused with a 400 (default 0)",
     )
     sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--model", help="a served model (default: the server's default)")
     sim.add_argument(
         "--allow-remote", action="store_true", help="allow a URL that is not a loopback address"
     )
@@ -128,7 +130,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from argus.status import render_status
 
     url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    params = {"version": args.version} if args.version else None
+    params = {k: v for k, v in (("model", args.model), ("version", args.version)) if v}
     try:
         response = httpx.get(f"{url}/monitoring", params=params, timeout=10)
     except httpx.HTTPError as exc:
@@ -165,6 +167,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         label_fraction=args.label_fraction,
         invalid_fraction=args.invalid_fraction,
         seed=args.seed,
+        model=args.model,
         allow_remote=args.allow_remote,
         out=sys.stderr,
     )

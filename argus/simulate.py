@@ -144,6 +144,7 @@ def simulate(
     label_fraction: float = 0.5,
     invalid_fraction: float = 0.0,
     seed: int = 0,
+    model: str | None = None,
     allow_remote: bool = False,
     scenario_options: dict[str, Any] | None = None,
     status_interval: float = 1.0,
@@ -157,7 +158,8 @@ def simulate(
     Stops after ``duration`` seconds or ``max_requests`` requests, whichever comes first,
     then delivers the labels still due; Ctrl-C stops at once (labels still due are not
     sent) and still returns what was done. ``invalid_fraction`` of the requests carry a
-    row one feature short, to show refused input on the dashboards. ``clock``/``sleep``
+    row one feature short, to show refused input on the dashboards. ``model`` names the
+    served model to send to (default: the server's default model). ``clock``/``sleep``
     and ``client`` let tests run without waiting or without a server.
     """
     base = check_loopback(url, allow_remote)
@@ -179,7 +181,7 @@ def simulate(
         raise ValueError(f"invalid_fraction must be in [0, 1), got {invalid_fraction}")
     spec = Scenario.build(scenario, **(scenario_options or {}))
     http = client or httpx.Client(base_url=base, timeout=30)
-    run = _Run(base, spec, http, clock, _Status(out, scenario), seed)
+    run = _Run(base, spec, http, clock, _Status(out, scenario), seed, model)
     try:
         _check_reachable(http, base)
         start = clock()
@@ -233,8 +235,10 @@ class _Run:
         clock: Callable[[], float],
         status: _Status,
         seed: int,
+        model: str | None = None,
     ) -> None:
         self.base = base
+        self.model = model
         self.spec = spec
         self.http = http
         self.clock = clock
@@ -270,9 +274,10 @@ class _Run:
                     break
             rows, labels = self.spec.rows(batch, self.rng)
             invalid = invalid_fraction > 0 and self.coin.random() < invalid_fraction
-            response = self.post(
-                "/predict", {"instances": (rows[:, :-1] if invalid else rows).tolist()}
-            )
+            body: dict[str, Any] = {"instances": (rows[:, :-1] if invalid else rows).tolist()}
+            if self.model is not None:
+                body["model"] = self.model
+            response = self.post("/predict", body)
             sent_at = clock()
             c["sent"] += 1
             c["rows"] += batch
@@ -336,7 +341,8 @@ class _Run:
     def poll(self) -> dict[str, Any] | None:
         """The server's figures (``/monitoring``), or the last ones if it does not answer."""
         try:
-            response = self.http.get(f"{self.base}/monitoring")
+            params = None if self.model is None else {"model": self.model}
+            response = self.http.get(f"{self.base}/monitoring", params=params)
         except httpx.HTTPError:
             return self.snap
         return dict(response.json()) if response.status_code == 200 else self.snap

@@ -64,6 +64,14 @@ def render_status(snap: dict[str, Any], top: int = 10) -> str:
         f"({_pct(drift['drift_share'])}; alarm at {_pct(drift['share_threshold'])}, "
         f"BH alpha {drift['alpha']}, min PSI {drift['min_psi']})"
     )
+    multi = snap.get("multivariate_drift")
+    if multi:
+        verdict = "DRIFT DETECTED" if multi["detected"] else "no drift"
+        lines.append(
+            f"multivariate {verdict}: effect {_num(multi['effect'], 3)} (min "
+            f"{multi['min_effect']}), p-value {multi['p_value']:.2e} (alpha {multi['alpha']}), "
+            f"{multi['window_rows']} rows against {multi['reference_rows']} held-out"
+        )
     if drifted:
         lines.append(f"  {'feature':<16}{'PSI':>9}{'JS':>8}{'KS':>8}{'p-value':>11}")
         for f in sorted(drifted, key=lambda f: (-f["psi"], -f["ks_statistic"]))[:top]:

@@ -71,6 +71,7 @@ def main() -> int:
 
 
 def measure(sizes: list[int], number: int, root: Path) -> dict[str, dict[int, float]]:
+    from service.fleet import Fleet
     from service.handlers import ArgusCore
     from service.metrics import get_metrics
     from service.runtime import ModelRuntime
@@ -89,7 +90,7 @@ def measure(sizes: list[int], number: int, root: Path) -> dict[str, dict[int, fl
     runtime = ModelRuntime(MODEL, lambda: None, threads=1)
     if not runtime.refresh():
         raise SystemExit(f"no servable {MODEL}: {runtime.last_error}")
-    core = ArgusCore(settings, state, runtime, get_metrics())
+    core = ArgusCore(settings, state, Fleet([runtime], MODEL), get_metrics())
     gc.collect()
     gc.freeze()  # as a worker does once it is set up (service/service.py)
     table: dict[str, dict[int, float]] = {}

@@ -146,6 +146,23 @@ def store_marker(name: str) -> int:
         return 0
 
 
+def model_names() -> list[str]:
+    """The names with at least one Argus version in the store, sorted."""
+    try:
+        folders = sorted(p.name for p in (_store_root() / "models").iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return []
+    return [name for name in folders if list_versions(name)]
+
+
+def names_marker() -> int:
+    """Changes whenever a model name is added to or removed from the store."""
+    try:
+        return (_store_root() / "models").stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
 def newest(name: str) -> StoredVersion | None:
     versions = list_versions(name)
     return versions[-1] if versions else None

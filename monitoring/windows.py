@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from monitoring.drift import DriftReport, InputDriftDetector, PredictionDrift, prediction_drift
+from monitoring.multivariate import MultivariateDriftDetector, MultivariateDriftReport
 from monitoring.performance import ClassificationReport, classification_report, estimated_accuracy
 from monitoring.profile import ReferenceProfile
 
@@ -37,6 +38,7 @@ class WindowFigures:
     estimated_accuracy: float | None
     label_delay_quantiles: dict[str, float] | None
     drift: DriftReport | None
+    multivariate_drift: MultivariateDriftReport | None
     prediction_drift: PredictionDrift | None
     anomaly_ratio: float | None
     anomaly_score_quantiles: dict[str, float] | None
@@ -57,6 +59,9 @@ class WindowFigures:
             "estimated_accuracy": self.estimated_accuracy,
             "label_delay_seconds": self.label_delay_quantiles,
             "drift": self.drift.to_dict() if self.drift else None,
+            "multivariate_drift": (
+                self.multivariate_drift.to_dict() if self.multivariate_drift else None
+            ),
             "prediction_drift": (
                 self.prediction_drift.to_dict() if self.prediction_drift else None
             ),
@@ -85,6 +90,7 @@ def window_figures(
     predictions_total: int,
     labelled_total: int,
     detector: InputDriftDetector | None = None,
+    multivariate: MultivariateDriftDetector | None = None,
 ) -> WindowFigures:
     """Compute all figures; each argument is a window already cut to its length.
 
@@ -103,6 +109,12 @@ def window_figures(
             profile.reference_counts,
             inputs,
             feature_names=profile.feature_names,
+        )
+    mdrift = None
+    # The prediction window's stored anomaly scores: no projection of the inputs at scrape.
+    if len(anomaly_scores) and profile.reference_scores is not None:  # older profiles lack them
+        mdrift = (multivariate or MultivariateDriftDetector()).evaluate(
+            profile.reference_scores, anomaly_scores
         )
     pdrift = None
     if n_pred:
@@ -131,6 +143,7 @@ def window_figures(
         estimated_accuracy=estimated_accuracy(probabilities) if n_pred else None,
         label_delay_quantiles=delays,
         drift=drift,
+        multivariate_drift=mdrift,
         prediction_drift=pdrift,
         anomaly_ratio=float(np.mean(anomalous)) if n_pred else None,
         anomaly_score_quantiles=_quantiles(anomaly_scores, SCORE_QUANTILES) if n_pred else None,

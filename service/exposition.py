@@ -24,73 +24,83 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from models import store
 from monitoring.profile import ReferenceProfile
 from monitoring.windows import WindowFigures
+from service.fleet import Fleet
 from service.runtime import ModelRuntime
 from service.settings import Settings
 from service.validation import RequestError
-from state.types import StateStore
+from state.types import DEFAULT, StateStore
 from state.windows import StateWindows
 
 MAX_FEATURE_SERIES = 64
 
 
 class MetricsExposition:
-    def __init__(self, settings: Settings, state: StateStore, runtime: ModelRuntime) -> None:
+    def __init__(self, settings: Settings, state: StateStore, fleet: Fleet) -> None:
         self.settings = settings
         self.state = state
-        self.runtime = runtime
-        self._profiles: dict[str, ReferenceProfile] = {}
-        self._cache: dict[str, tuple[float, WindowFigures]] = {}
+        self.fleet = fleet
+        self._profiles: dict[tuple[str, str], ReferenceProfile] = {}
+        self._cache: dict[tuple[str, str], tuple[float, WindowFigures]] = {}
         self._lock = threading.Lock()
-        self._versions: tuple[int, list[str]] = (-1, [])  # (store marker, versions)
+        self._versions: dict[str, tuple[int, list[str]]] = {}  # (store marker, versions)
 
     # -- computing -------------------------------------------------------------------
 
-    def _profile(self, version: str) -> ReferenceProfile:
-        if version not in self._profiles:
-            stored = store.get_version(self.runtime.name, version)
-            self._profiles[version] = ReferenceProfile.from_dict(stored.read_profile())
-        return self._profiles[version]
+    def _profile(self, model: str, version: str) -> ReferenceProfile:
+        key = (model, version)
+        if key not in self._profiles:
+            stored = store.get_version(model, version)
+            self._profiles[key] = ReferenceProfile.from_dict(stored.read_profile())
+        return self._profiles[key]
 
-    def figures(self, version: str, now: float | None = None) -> WindowFigures:
+    def figures(self, model: str, version: str, now: float | None = None) -> WindowFigures:
         now = time.monotonic() if now is None else now
+        key = (model, version)
         with self._lock:
-            hit = self._cache.get(version)
+            hit = self._cache.get(key)
             if hit is not None and now - hit[0] < self.settings.metrics_cache_seconds:
                 return hit[1]
-        figures = self.compute(version)
+        figures = self.compute(model, version)
         with self._lock:
-            self._cache[version] = (now, figures)
+            self._cache[key] = (now, figures)
         return figures
 
-    def compute(self, version: str) -> WindowFigures:
+    def compute(self, model: str, version: str) -> WindowFigures:
         s = self.settings
-        windows = StateWindows.read(
-            self.state, self.runtime.name, version, s.input_window, s.label_window
-        )
-        return windows.figures(self._profile(version))
+        windows = StateWindows.read(self.state, model, version, s.input_window, s.label_window)
+        return windows.figures(self._profile(model, version))
 
-    def snapshot(self, version: str | None = None) -> dict[str, Any]:
-        live = self.runtime.live.version if self.runtime.ready else None
+    def snapshot(self, version: str | None = None, model: str | None = None) -> dict[str, Any]:
+        try:
+            runtime = self.fleet.get(model or None)  # "?model=": the default model
+        except LookupError as exc:
+            raise RequestError(404, "unknown_model", str(exc)) from None
+        name = runtime.name
+        live = runtime.live.version if runtime.ready else None
         version = version or None  # "?version=" asks for nothing in particular: the live one
         target = version or live
         if target is None:
-            raise RequestError(503, "no_model", "no version is being served")
+            raise RequestError(503, "no_model", f"no version of {name} is being served")
         try:
             if version is not None:  # an alias such as "latest" names its real version
-                target = store.get_version(self.runtime.name, version).version
-            figures = self.figures(target)
+                target = store.get_version(name, version).version
+            figures = self.figures(name, target)
         except LookupError:
             raise RequestError(
-                404, "unknown_version", f"no version {self.runtime.name}:{target} in the store"
+                404, "unknown_version", f"no version {name}:{target} in the store"
             ) from None
         return {"live": live, "generated_at": time.time(), **figures.to_dict()}
 
-    def _stored_versions(self) -> list[str]:
+    def _stored_versions(self, model: str) -> list[str]:
         """Version names, re-read only when the store changed (listing parses YAML)."""
-        marker = store.store_marker(self.runtime.name)
-        if self._versions[0] != marker:
-            self._versions = (marker, [v.version for v in store.list_versions(self.runtime.name)])
-        return self._versions[1]
+        marker = store.store_marker(model)
+        cached = self._versions.get(model)
+        if cached is None or cached[0] != marker:
+            cached = self._versions[model] = (
+                marker,
+                [v.version for v in store.list_versions(model)],
+            )
+        return cached[1]
 
     # -- Prometheus text -------------------------------------------------------------
 
@@ -100,28 +110,33 @@ class MetricsExposition:
         return generate_latest(registry).decode()
 
     def families(self) -> Iterable[Metric]:
-        name = self.runtime.name
-        live = self.runtime.live.version if self.runtime.ready else None
+        runtimes = [self.fleet.runtimes[name] for name in sorted(self.fleet.names)]
         info = GaugeMetricFamily(
             "argus_model_info",
             'Stored versions; live="true" marks the one serving.',
             labels=["model", "version", "live"],
         )
-        for version in self._stored_versions():
-            info.add_metric([name, version, str(version == live).lower()], 1)
-        yield info
         switches = CounterMetricFamily(
             "argus_model_switches", "Live-version changes, by reason.", labels=["model", "reason"]
         )
-        by_reason = {"activate": 0, "rollback": 0}
-        for sw in self.state.history(name):
-            by_reason[sw.reason] = by_reason.get(sw.reason, 0) + 1
-        for reason, n in sorted(by_reason.items()):
-            switches.add_metric([name, reason], n)
+        for runtime in runtimes:
+            live = _live(runtime)
+            for version in self._stored_versions(runtime.name):
+                info.add_metric([runtime.name, version, str(version == live).lower()], 1)
+            by_reason = {"activate": 0, "rollback": 0}
+            for sw in self.state.history(runtime.name):
+                if sw.reason != DEFAULT:  # what served before the first switch: no switch
+                    by_reason[sw.reason] = by_reason.get(sw.reason, 0) + 1
+            for reason, n in sorted(by_reason.items()):
+                switches.add_metric([runtime.name, reason], n)
+        yield info
         yield switches
-        if live is None:
-            return
-        yield from _figure_families(self.figures(live))
+        figures = [self.figures(r.name, live) for r in runtimes if (live := _live(r)) is not None]
+        yield from _merged(family for f in figures for family in _figure_families(f))
+
+
+def _live(runtime: ModelRuntime) -> str | None:
+    return runtime.live.version if runtime.ready else None
 
 
 class _Families:
@@ -130,6 +145,17 @@ class _Families:
 
     def collect(self) -> Iterable[Metric]:
         return self.exposition.families()
+
+
+def _merged(families: Iterable[Metric]) -> list[Metric]:
+    """One family per metric name, holding the samples of every model's families."""
+    by_name: dict[str, Metric] = {}
+    for family in families:
+        if family.name in by_name:
+            by_name[family.name].samples.extend(family.samples)
+        else:
+            by_name[family.name] = family
+    return list(by_name.values())
 
 
 def _gauge(name: str, doc: str, extra: list[str] | None = None) -> GaugeMetricFamily:
@@ -196,6 +222,24 @@ def _figure_families(f: WindowFigures) -> Iterable[Metric]:
             "argus_drift_detected",
             "1 when the dataset-level drift verdict is on.",
             float(d.drift_detected),
+        )
+    m = f.multivariate_drift
+    if m is not None:
+        yield from single(
+            "argus_multivariate_drift_pvalue",
+            "One-sided Mann-Whitney p-value: the window's anomaly scores against the "
+            "held-out reference's.",
+            m.p_value,
+        )
+        yield from single(
+            "argus_multivariate_drift_statistic",
+            "Effect size of the multivariate drift test (Cliff's delta, -1 to 1; 0 = none).",
+            m.effect,
+        )
+        yield from single(
+            "argus_multivariate_drift_detected",
+            "1 when the multivariate drift verdict is on (p below alpha, effect at its minimum).",
+            float(m.detected),
         )
     if f.prediction_drift is not None:
         pd = f.prediction_drift

@@ -26,6 +26,7 @@ from errors import (
     StateError,
 )
 from models import store
+from service.fleet import Fleet
 from service.metrics import ServiceMetrics, observe_many
 from service.runtime import LoadedVersion, ModelRuntime, Prediction
 from service.settings import Settings
@@ -43,19 +44,19 @@ log = logging.getLogger("argus.service")
 
 
 class ArgusCore:
-    """One worker's view: settings, shared state, the live model, its counters."""
+    """One worker's view: settings, shared state, the served models, their counters."""
 
     def __init__(
         self,
         settings: Settings,
         state: SharedState,
-        runtime: ModelRuntime,
+        fleet: Fleet,
         metrics: ServiceMetrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.state = state
-        self.runtime = runtime
+        self.fleet = fleet
         self.metrics = metrics
         self.clock = clock
         self._n_classes: dict[tuple[str, str], int] = {}
@@ -63,11 +64,50 @@ class ArgusCore:
 
     # -- predict ---------------------------------------------------------------------
 
-    async def predict(self, instances: Any, ids: Any = None, typed: bool = False) -> dict[str, Any]:
-        """Answer one request. ``typed``: ``instances`` already passed ``validation.Rows``."""
-        live = self._live()
+    @property
+    def runtime(self) -> ModelRuntime:
+        """The default model's runtime."""
+        return self.fleet.get()
+
+    async def predict(
+        self, instances: Any, ids: Any = None, typed: bool = False, model: Any = None
+    ) -> dict[str, Any]:
+        """Answer one request. ``typed``: ``instances`` already passed ``validation.Rows``;
+        ``model``: the model's name (default ``ARGUS_MODEL``)."""
+        live = await self.serving(model)
         X = parse_instances(instances, live.n_features, self.settings.max_batch, typed=typed)
         client_ids = parse_ids(ids, len(X))
+        row_ids, pred = await self.predict_rows(live, X, client_ids)
+        return answer(live, row_ids, pred)
+
+    async def serving(self, model: Any = None, version: str | None = None) -> LoadedVersion:
+        """The version that answers: ``model``'s live one, or its stored ``version``
+        (loaded, verified and cached on first use); 404 for an unknown model or version."""
+        if model is not None and (not isinstance(model, str) or not model):
+            raise RequestError(400, "bad_type", "'model' must be a non-empty string")
+        try:
+            runtime = self.fleet.get(model)
+        except ModelNotFoundError as exc:
+            raise RequestError(404, "unknown_model", str(exc)) from None
+        if version is None:
+            try:
+                return runtime.live
+            except ModelNotFoundError as exc:
+                raise RequestError(503, "no_model", str(exc)) from None
+        if runtime.ready and runtime.live.version == version:
+            return runtime.live
+        try:
+            return await asyncio.to_thread(runtime.load, version)
+        except ModelNotFoundError as exc:
+            raise RequestError(404, "unknown_version", str(exc)) from None
+        except (ModelVerificationError, ValueError, OSError) as exc:
+            raise RequestError(422, "unverifiable_version", str(exc)) from None
+
+    async def predict_rows(
+        self, live: LoadedVersion, X: np.ndarray, client_ids: list[str] | None
+    ) -> tuple[list[str], Prediction]:
+        """Predict validated rows with ``live``, score them and make them durable before
+        returning, whichever door (``/predict``, the inference protocol) they came in by."""
         if client_ids is not None:
             await self._check_new_ids(client_ids)  # a reused id never reaches the model
         started = time.perf_counter()
@@ -90,7 +130,7 @@ class ArgusCore:
         )
         await self._record(batch)
         series.count(pred)
-        return answer(live, row_ids, pred)
+        return row_ids, pred
 
     def _series_of(self, live: LoadedVersion) -> _VersionSeries:
         """The version's metric children, looked up once (``labels()`` takes a lock)."""
@@ -133,12 +173,6 @@ class ArgusCore:
         except StateError as exc:
             self.metrics.state_errors.labels("record").inc()
             log.error("prediction log write failed, answering anyway: %s", exc)
-
-    def _live(self) -> LoadedVersion:
-        try:
-            return self.runtime.live
-        except ModelNotFoundError as exc:
-            raise RequestError(503, "no_model", str(exc)) from None
 
     # -- feedback --------------------------------------------------------------------
 
@@ -189,15 +223,25 @@ class ArgusCore:
 
     # -- models ----------------------------------------------------------------------
 
-    def models(self) -> dict[str, Any]:
-        name = self.runtime.name
+    def _runtime(self, model: Any) -> ModelRuntime:
+        if model is not None and (not isinstance(model, str) or not model):
+            raise RequestError(400, "bad_type", "'model' must be a non-empty string")
+        try:
+            return self.fleet.get(model)
+        except ModelNotFoundError as exc:
+            raise RequestError(404, "unknown_model", str(exc)) from None
+
+    def models(self, model: Any = None) -> dict[str, Any]:
+        runtime = self._runtime(model)
+        name = runtime.name
         pointer = self.state.get_live(name)
         versions = store.list_versions(name)
         live = pointer or (versions[-1].version if versions else None)
         return {
             "model": name,
+            "models": sorted(self.fleet.names),
             "live": live,
-            "serving": self.runtime.live.version if self.runtime.ready else None,
+            "serving": runtime.live.version if runtime.ready else None,
             "versions": [
                 {
                     "version": v.version,
@@ -212,34 +256,37 @@ class ArgusCore:
             "history": [asdict(s) for s in self.state.history(name)],
         }
 
-    def activate(self, version: Any, authorization: str | None) -> dict[str, Any]:
+    def activate(
+        self, version: Any, authorization: str | None, model: Any = None
+    ) -> dict[str, Any]:
         self._check_admin(authorization)
         if not isinstance(version, str) or not version:
             raise RequestError(400, "bad_type", "'version' must be a non-empty string")
-        return self._switch(version, "activate")
+        return self._switch(self._runtime(model), version, "activate")
 
-    def rollback(self, authorization: str | None) -> dict[str, Any]:
+    def rollback(self, authorization: str | None, model: Any = None) -> dict[str, Any]:
         self._check_admin(authorization)
+        runtime = self._runtime(model)
         try:
-            target = self.state.previous_live(self.runtime.name)
+            target = self.state.previous_live(runtime.name)
         except NoRollbackTargetError as exc:
             raise RequestError(409, "no_previous_version", str(exc)) from None
         except StateError as exc:
             self.metrics.state_errors.labels("switch").inc()
             raise RequestError(503, "state_unavailable", f"nothing switched: {exc}") from None
-        return self._switch(target, "rollback")
+        return self._switch(runtime, target, "rollback")
 
-    def _switch(self, version: str, reason: str) -> dict[str, Any]:
-        name = self.runtime.name
+    def _switch(self, runtime: ModelRuntime, version: str, reason: str) -> dict[str, Any]:
+        name = runtime.name
         try:
             # verifies the files and builds a session; the store resolves aliases such as
             # "latest", so the pointer keeps the version actually loaded
-            version = self.runtime.load(version).version
+            version = runtime.load(version).version
         except ModelNotFoundError as exc:
             raise RequestError(404, "unknown_version", str(exc)) from None
         except (ModelVerificationError, ValueError, OSError) as exc:
             raise RequestError(422, "unverifiable_version", str(exc)) from None
-        previous = self.runtime.live.version if self.runtime.ready else None
+        previous = runtime.live.version if runtime.ready else None
         try:
             if reason == "rollback":
                 self.state.rollback(name, t=self.clock())
@@ -252,7 +299,7 @@ class ArgusCore:
         except StateError as exc:
             self.metrics.state_errors.labels("switch").inc()
             raise RequestError(503, "state_unavailable", f"nothing switched: {exc}") from None
-        self.runtime.refresh()
+        runtime.refresh()
         log.info("%s: %s:%s is live (was %s)", reason, name, version, previous)
         return {"model": name, "live": version, "previous": previous, "reason": reason}
 

@@ -46,7 +46,12 @@ class LimitsMiddleware:
             await self.app(scope, receive, send)
             return
         media_type = _header(scope, b"content-type").split(b";")[0].strip().lower()
-        if media_type and media_type != b"application/json":
+        binary_ok = str(scope.get("path", "")).startswith("/v2/")  # the binary tensor extension
+        if (
+            media_type
+            and media_type != b"application/json"
+            and not (binary_ok and media_type == b"application/octet-stream")
+        ):
             await self._refuse(
                 send,
                 415,

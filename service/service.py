@@ -21,8 +21,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from errors import StateError
-from service import logs, prometheus_files, timeout
+from models import store
+from service import logs, prometheus_files, timeout, v2
 from service.exposition import MetricsExposition
+from service.fleet import Fleet
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
 from service.middleware import LimitsMiddleware
@@ -58,7 +60,8 @@ def _count_state_error(operation: str, exc: StateError) -> None:
 async def _get_models(request: Request) -> JSONResponse:
     try:
         try:
-            return JSONResponse(await asyncio.to_thread(_core().models))
+            model = request.query_params.get("model") or None
+            return JSONResponse(await asyncio.to_thread(_core().models, model))
         except StateError as exc:
             raise _state_unavailable("models", exc) from None
     except RequestError as exc:
@@ -70,8 +73,9 @@ async def _get_monitoring(request: Request) -> JSONResponse:
         if _EXPOSITION is None:
             raise RequestError(503, "not_ready", "the service is starting")
         version = request.query_params.get("version")
+        model = request.query_params.get("model")
         try:
-            snapshot = await asyncio.to_thread(_EXPOSITION.snapshot, version)
+            snapshot = await asyncio.to_thread(_EXPOSITION.snapshot, version, model)
         except StateError as exc:
             raise _state_unavailable("monitoring", exc) from None
         return JSONResponse(snapshot)
@@ -90,6 +94,7 @@ read_api = Starlette(
     routes=[
         Route("/models", _get_models, methods=["GET"]),
         Route("/monitoring", _get_monitoring, methods=["GET"]),
+        *v2.routes(_core),  # the Open Inference Protocol (service/v2.py)
     ]
 )
 
@@ -125,21 +130,32 @@ class Argus:
             busy_timeout=settings.state_busy_timeout,
         )
         state.on_error = _count_state_error  # a failed prune or ingestion: logged, counted
-        runtime = ModelRuntime(
+
+        def runtime_of(name: str) -> ModelRuntime:
+            return ModelRuntime(
+                name,
+                lambda: state.get_live(name),
+                threads=settings.onnx_threads,
+                model_source=settings.model_source,
+            )
+
+        served = settings.served_models
+        fleet = Fleet(
+            [runtime_of(settings.model)],
             settings.model,
-            lambda: state.get_live(settings.model),
-            threads=settings.onnx_threads,
-            model_source=settings.model_source,
+            make=runtime_of,
+            names=(lambda: served) if served is not None else store.model_names,
         )
-        if not runtime.refresh():
+        fleet.refresh()
+        if not fleet.ready:
             # Not fatal: the worker stays up, /readyz says 503 and /predict answers 503
             # until the pointer names a version that loads (polled like any switch).
-            log.error("no servable version of %s yet: %s", settings.model, runtime.last_error)
-        self.core = ArgusCore(settings, state, runtime, get_metrics())
-        self.exposition = MetricsExposition(settings, state, runtime)
+            log.error("no servable version of %s yet: %s", settings.model, fleet.get().last_error)
+        self.core = ArgusCore(settings, state, fleet, get_metrics())
+        self.exposition = MetricsExposition(settings, state, fleet)
         _CORE, _EXPOSITION = self.core, self.exposition
         self._worker = str(os.getpid())  # x-argus-worker: which process answered
-        log.info("worker %d serving %s", os.getpid(), runtime.describe())
+        log.info("worker %d serving %s", os.getpid(), fleet.describe())
         # Everything built so far (modules, the model, the state) lives as long as the
         # worker: take it out of the collector's sight, or every full collection walks
         # ~160k objects again (about 80 ms each, every second or two under load).
@@ -155,7 +171,7 @@ class Argus:
         while True:
             await asyncio.sleep(interval)
             try:
-                await asyncio.to_thread(self.core.runtime.refresh)
+                await asyncio.to_thread(self.core.fleet.refresh)
             except Exception:  # keep polling whatever one round did
                 log.exception("live-pointer poll failed")
 
@@ -166,7 +182,7 @@ class Argus:
         self.core.state.close()
 
     def __is_ready__(self) -> bool:
-        return self.core.runtime.ready
+        return self.core.fleet.ready
 
     def __metrics__(self, text: str) -> str:
         try:
@@ -178,12 +194,17 @@ class Argus:
 
     @bentoml.api(route="/predict")
     async def predict(
-        self, ctx: bentoml.Context, instances: Rows, ids: list[Any] | None = None
+        self,
+        ctx: bentoml.Context,
+        instances: Rows,
+        ids: list[Any] | None = None,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        """Predict each row of ``instances`` (numbers, one list per row); optional ``ids``."""
+        """Predict each row of ``instances`` (numbers, one list per row); optional ``ids``
+        and ``model`` (default: ``ARGUS_MODEL``)."""
         ctx.response.headers["x-argus-worker"] = self._worker
         try:  # BentoML checked the values' types while parsing the body (``Rows``)
-            result = await self.core.predict(instances, ids, typed=True)
+            result = await self.core.predict(instances, ids, typed=True, model=model)
         except RequestError as exc:
             return self._error(ctx, exc)
         # Serialised here in one call: BentoML's generic path for a dict output rebuilds
@@ -200,20 +221,23 @@ class Argus:
             return self._error(ctx, exc)
 
     @bentoml.api(route="/models/activate")
-    async def activate(self, ctx: bentoml.Context, version: str) -> dict[str, Any]:
-        """Make ``version`` live (needs ``Authorization: Bearer $ARGUS_ADMIN_TOKEN``)."""
+    async def activate(
+        self, ctx: bentoml.Context, version: str, model: str | None = None
+    ) -> dict[str, Any]:
+        """Make ``version`` of ``model`` (default ``ARGUS_MODEL``) live (needs
+        ``Authorization: Bearer $ARGUS_ADMIN_TOKEN``)."""
         try:
             auth = ctx.request.headers.get("authorization")
-            return await asyncio.to_thread(self.core.activate, version, auth)
+            return await asyncio.to_thread(self.core.activate, version, auth, model)
         except RequestError as exc:
             return self._error(ctx, exc)
 
     @bentoml.api(route="/models/rollback")
-    async def rollback(self, ctx: bentoml.Context) -> dict[str, Any]:
-        """Make the previously live version live again (needs the admin token)."""
+    async def rollback(self, ctx: bentoml.Context, model: str | None = None) -> dict[str, Any]:
+        """Make the previously live version of ``model`` live again (needs the admin token)."""
         try:
             auth = ctx.request.headers.get("authorization")
-            return await asyncio.to_thread(self.core.rollback, auth)
+            return await asyncio.to_thread(self.core.rollback, auth, model)
         except RequestError as exc:
             return self._error(ctx, exc)
 

@@ -27,6 +27,7 @@ class Settings:
 
     home: Path = Path("~/.argus")
     model: str = DEFAULT_MODEL
+    models: str | None = None
     state_url: str | None = None
     admin_token: str | None = field(default=None, repr=False)
     feedback_token: str | None = field(default=None, repr=False)
@@ -64,8 +65,17 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _parse(f.name, str(f.type), raw)
+        if "models" in values and "model" not in values:  # the first listed is the default
+            values["model"] = str(values["models"]).split(",")[0].strip()
         settings = cls(**values)  # type: ignore[arg-type]
         return settings.validated()
+
+    @property
+    def served_models(self) -> tuple[str, ...] | None:
+        """The names ``ARGUS_MODELS`` lists, or ``None``: every model in the store."""
+        if self.models is None:
+            return None
+        return tuple(name.strip() for name in self.models.split(","))
 
     def validated(self) -> Settings:
         home = Path(self.home).expanduser().resolve()
@@ -81,6 +91,18 @@ class Settings:
             raise SettingsError("ARGUS_STATE_BUSY_TIMEOUT must be >= 0 (seconds)")
         if not self.model or ":" in self.model:
             raise SettingsError("ARGUS_MODEL must be a model name without ':'")
+        served = self.served_models
+        if served is not None:
+            if any(not name or ":" in name for name in served):
+                raise SettingsError(
+                    f"ARGUS_MODELS={self.models!r} must list model names without ':', "
+                    "separated by commas"
+                )
+            if self.model not in served:
+                raise SettingsError(
+                    f"ARGUS_MODEL={self.model!r} (the default model) must be one of "
+                    f"ARGUS_MODELS={self.models!r}"
+                )
         return Settings(**{**asdict(self), "home": home})
 
     def apply_bentoml_home(self) -> Path:

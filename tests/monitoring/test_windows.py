@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import chisquare, ks_2samp
+from scipy.stats import chisquare, ks_2samp, mannwhitneyu
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
@@ -116,6 +116,15 @@ def test_window_figures_equal_batch_computations(scenario: dict[str, np.ndarray]
     expected = len(s["pred"]) * share / share.sum()
     assert pd.chi2_pvalue == pytest.approx(chisquare(counts, expected).pvalue, rel=1e-9)
 
+    multi = f.multivariate_drift  # the window's stored anomaly scores against held-out ones
+    assert multi is not None and multi.window_rows == len(s["scores"])
+    reference = profile.reference_scores  # type: ignore[attr-defined]
+    u = mannwhitneyu(s["scores"], reference, alternative="greater", method="asymptotic")
+    assert multi.statistic == pytest.approx(u.statistic, rel=1e-12)
+    assert multi.p_value == pytest.approx(u.pvalue, rel=1e-9, abs=1e-15)
+    assert multi.effect == pytest.approx(2 * u.statistic / (len(s["scores"]) * len(reference)) - 1)
+    assert f.to_dict()["multivariate_drift"]["p_value"] == multi.p_value
+
 
 def test_empty_windows_give_no_figures_not_nan(scenario: dict[str, np.ndarray]) -> None:
     s = scenario
@@ -139,3 +148,4 @@ def test_empty_windows_give_no_figures_not_nan(scenario: dict[str, np.ndarray]) 
     d = f.to_dict()
     assert d["performance"] is None and d["drift"] is None and d["label_coverage"] is None
     assert d["estimated_accuracy"] is None and d["anomaly"]["ratio"] is None
+    assert d["multivariate_drift"] is None

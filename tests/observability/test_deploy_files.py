@@ -189,6 +189,8 @@ def test_dashboard_rows_and_layout(dashboard: dict[str, Any]) -> None:
         "argus_label_delay_seconds_bucket",
         "argus_drift_share_ratio",
         "argus_drift_detected",
+        "argus_multivariate_drift_statistic",
+        "argus_multivariate_drift_pvalue",
         "topk(10, max by (feature) (argus_feature_psi",
         'feature=~\\"$feature\\"',
         "argus_prediction_psi",
@@ -204,6 +206,7 @@ WINDOW_GAUGES = re.compile(
     r"\b(argus_model_info|argus_window_rows|argus_(?:estimated_)?accuracy_ratio"
     r"|argus_label_coverage_ratio|argus_macro_\w+_ratio|argus_class_\w+_ratio"
     r"|argus_feature_\w+|argus_drift_share_ratio|argus_drift_detected|argus_prediction_psi"
+    r"|argus_multivariate_drift_\w+"
     r"|argus_prediction_chi2_pvalue|argus_confidence_psi|argus_anomaly_ratio)\b(?!:)"
 )
 SUMMED_COUNTERS = re.compile(
@@ -276,6 +279,7 @@ def test_expression_helpers() -> None:
         "ArgusRealizedAccuracyLow",
         "ArgusEstimatedAccuracyLow",
         "ArgusInputDrift",
+        "ArgusMultivariateDrift",
         "ArgusAnomalyShareHigh",
         "ArgusNoTraffic",
         "ArgusErrorRateHigh",

@@ -86,7 +86,7 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 def test_promtool_checks_rules_config_and_unit_tests() -> None:
     rules = promtool("check", "rules", *(str(p) for p in RULES))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 29 rules found" in rules.stdout and "SUCCESS: 9 rules found" in rules.stdout
+    assert "SUCCESS: 31 rules found" in rules.stdout and "SUCCESS: 10 rules found" in rules.stdout
     for config in ("prometheus/prometheus.yml", "prometheus/prometheus-compose.yml"):
         checked = promtool("check", "config", config)
         assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -108,6 +108,7 @@ class Stack:
     prom_url: str
     versions: list[StoredVersion]
     simulate_output: str
+    other: StoredVersion  # a second model served beside the first, with clean traffic
 
     @property
     def server(self) -> ArgusServer:
@@ -194,9 +195,17 @@ def versions(outcome: Any) -> list[StoredVersion]:
 
 
 @pytest.fixture(scope="module")
+def other(outcome: Any) -> StoredVersion:
+    from training.publish import publish
+
+    return publish(outcome, f"obs2-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
 def stack(
     binaries: tuple[str, str],
     versions: list[StoredVersion],
+    other: StoredVersion,
     redis_server: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Stack, Prometheus]]:
@@ -208,6 +217,7 @@ def stack(
     servers = []
     for name in ("a", "b"):
         seed_store(Path(os.environ["BENTOML_HOME"]), versions[0].name, base / name)
+        seed_store(Path(os.environ["BENTOML_HOME"]), other.name, base / name)
         servers.append(ArgusServer(base / name, versions[0].name, env=env))
     prom = Prometheus(base, [f"127.0.0.1:{srv.port}" for srv in servers])
     try:
@@ -247,12 +257,43 @@ def stack(
             )  # fmt: skip
             for i, srv in enumerate(servers)
         ]
+        sims += [  # the second model: clean traffic, a quarter of it labelled
+            subprocess.Popen(
+                [
+                    ARGUS,
+                    "simulate",
+                    "--url",
+                    srv.url,
+                    "--model",
+                    other.name,
+                    "--scenario",
+                    "clean",
+                    "--duration",
+                    "15",
+                    "--rate",
+                    "8",
+                    "--batch",
+                    "16",
+                    "--label-delay",
+                    "2",
+                    "--label-fraction",
+                    "0.25",
+                    "--seed",
+                    str(20 + i),
+                ],
+                env=srv.env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for i, srv in enumerate(servers)
+        ]
         outputs = []
         for sim in sims:
             out, err = sim.communicate(timeout=90)
             assert sim.returncode == 0, err
             outputs.append(out + err)
-        yield Stack(servers, prom.url, versions, "\n".join(outputs)), prom
+        yield Stack(servers, prom.url, versions, "\n".join(outputs), other), prom
     finally:
         prom.stop()
         for srv in servers:
@@ -344,6 +385,13 @@ def test_every_expression_returns_data(stack: tuple[Stack, Prometheus]) -> None:
     once = prom.query(f'model_version:argus_drift_share_ratio:max{{model="{st.model}"}}')
     assert {r["value"][1] for r in once["data"]["result"]} == {gauges[0]["value"][1]}
 
+    # the second model: every dashboard panel and rule answers for it too, apart
+    second = {"model": st.other.name, "version": st.other.version, "feature": feature}
+    run_until_data(prom, [(e, prepared(e, second)) for e in phases["traffic"]], 30)
+    drift = prom.query("model_version:argus_drift_detected:max")["data"]["result"]
+    by_model = {r["metric"]["model"]: float(r["value"][1]) for r in drift}
+    assert by_model == {st.model: 1.0, st.other.name: 0.0}  # the drift stays with its model
+
     # phase 2: make the version without traffic live
     auth = {"Authorization": f"Bearer {TOKEN}"}
     r = httpx.post(
@@ -352,7 +400,8 @@ def test_every_expression_returns_data(stack: tuple[Stack, Prometheus]) -> None:
     assert r.status_code == 200, r.text
     switched = {**values, "version": old.version}
     answers |= run_until_data(prom, [(e, prepared(e, switched)) for e in phases["switch"]], 30)
-    live_now = prom.query('argus_model_info{live="true"}')["data"]["result"]
+    live_now = prom.query(f'argus_model_info{{live="true", model="{st.model}"}}')
+    live_now = live_now["data"]["result"]
     assert {s["metric"]["version"] for s in live_now} == {old.version}
 
     # phase 3: a replica is gone

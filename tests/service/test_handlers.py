@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from sklearn.datasets import load_digits
 
 from models.store import StoredVersion
+from service.fleet import Fleet
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
 from service.runtime import ModelRuntime
@@ -28,7 +29,7 @@ def make_core(tmp_path: Path, name: str, **overrides: Any) -> ArgusCore:
     state = open_state(None, tmp_path)
     runtime = ModelRuntime(name, lambda: state.get_live(name))
     runtime.refresh()
-    return ArgusCore(settings, state, runtime, get_metrics(), clock=lambda: 1000.0)
+    return ArgusCore(settings, state, Fleet([runtime], name), get_metrics(), clock=lambda: 1000.0)
 
 
 def run(coro: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from scipy.stats import ks_2samp
+from scipy.stats import ks_2samp, mannwhitneyu
 from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
@@ -103,6 +103,17 @@ def test_figures_equal_a_batch_computation_over_all_traffic(
         assert feats[j]["ks_pvalue"] == pytest.approx(ks.pvalue, rel=1e-7, abs=1e-12)
     flagged = {f["index"] for f in feats if f["drifted"]}
     assert flagged and len(flagged & set(range(28, 36))) >= 0.8 * len(flagged)
+    # multivariate drift: the served rows' anomaly scores against the held-out ones
+    multi = snap["multivariate_drift"]
+    scores = np.array([p["anomaly_score"] for p in responses])
+    reference = profile.reference_scores
+    assert reference is not None
+    u = mannwhitneyu(scores, reference, alternative="greater", method="asymptotic")
+    assert multi["window_rows"] == 400
+    assert multi["p_value"] == pytest.approx(u.pvalue, rel=1e-6, abs=1e-12)
+    assert multi["effect"] == pytest.approx(
+        2 * u.statistic / (len(scores) * len(reference)) - 1, rel=1e-6
+    )
 
     # /metrics carries the same figures, once each, labelled by model and version
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -122,6 +133,9 @@ def test_figures_equal_a_batch_computation_over_all_traffic(
     assert value("argus_label_coverage_ratio") == pytest.approx(labelled.mean())
     assert value("argus_anomaly_ratio") == pytest.approx(anomalous.mean())
     assert value("argus_drift_share_ratio") == pytest.approx(snap["drift"]["drift_share"])
+    assert value("argus_multivariate_drift_pvalue") == pytest.approx(multi["p_value"])
+    assert value("argus_multivariate_drift_statistic") == pytest.approx(multi["effect"])
+    assert value("argus_multivariate_drift_detected") == float(multi["detected"])
     assert value("argus_feature_psi", feature=feats[30]["name"]) == pytest.approx(feats[30]["psi"])
     assert value("argus_predictions_total") == 400
     assert value("argus_anomalies_total") == anomalous.sum()
