@@ -1,9 +1,10 @@
 """The server side of the benchmarks: start, watch and stop servers; train the model.
 
 ``Server`` runs one server (``argus serve`` or the bare service of ``bench/bare_service.py``)
-as a process group in a new session on 127.0.0.1 and always ends it; it finds the worker
-processes, their CPU time and RSS, and which worker holds a client's connection, which
-``open_balanced`` uses to spread connections evenly over the workers. Used by
+as a process group in a new session on 127.0.0.1 and always ends it (``argus@TREE``: the
+same ``argus serve`` on the code of another source tree, see ``make_server``); it finds the
+worker processes, their CPU time and RSS, and which worker holds a client's connection,
+which ``open_balanced`` uses to spread connections evenly over the workers. Used by
 ``bench/serving.py``, ``bench/load.py`` and ``bench/state_backends.py``.
 """
 
@@ -43,11 +44,18 @@ class Server:
     """One server process group on 127.0.0.1, started in a new session, always ended."""
 
     def __init__(
-        self, kind: str, command: list[str], env: dict[str, str], home: Path, workers: int
+        self,
+        kind: str,
+        command: list[str],
+        env: dict[str, str],
+        home: Path,
+        workers: int,
+        cwd: Path = REPO,
     ) -> None:
         self.kind = kind
         self.command = command
         self.env = env
+        self.cwd = cwd
         self.home = home
         self.workers = workers
         self.port = int(command[command.index("--port") + 1])
@@ -61,7 +69,7 @@ class Server:
             self.proc = subprocess.Popen(
                 self.command,
                 env=self.env,
-                cwd=REPO,
+                cwd=self.cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -198,12 +206,20 @@ def make_server(
     kind: str, root: Path, source_store: Path, onnx: Path, workers: int, bare_response: str = "raw"
 ) -> Server:
     """An ``argus serve`` over a copy of ``source_store``, or the bare service over ``onnx``
-    (``bare_response``: ``raw`` or ``dict``, see ``bench/bare_service.py``)."""
+    (``bare_response``: ``raw`` or ``dict``, see ``bench/bare_service.py``).
+
+    ``argus@TREE`` runs the same ``argus serve`` with ``PYTHONPATH=TREE`` from TREE, so that
+    tree's packages (say a worktree of an older commit) shadow the editable install's."""
+    kind, _, tree = kind.partition("@")
+    cwd = Path(tree).resolve() if tree else REPO
     home = root / f"{kind}-{time.monotonic_ns()}"
     port = str(free_port())
     if kind == "argus":
         shutil.copytree(source_store / "models" / MODEL, home / "bentoml" / "models" / MODEL)
         env = clean_env(ARGUS_HOME=str(home), BENTOML_HOME=str(home / "bentoml"), ARGUS_MODEL=MODEL)
+        if tree:
+            env["PYTHONPATH"] = str(cwd)
+            check_tree(cwd, env)
         command = [str(BIN / "argus"), "serve", "--port", port, "--workers", str(workers)]
     else:
         env = clean_env(
@@ -214,7 +230,21 @@ def make_server(
         )
         command = [sys.executable, "-m", "bentoml", "serve", "bench.bare_service:Bare"]
         command += ["--host", "127.0.0.1", "--port", port]
-    return Server(kind, command, env, home, workers)
+    return Server(kind, command, env, home, workers, cwd)
+
+
+def check_tree(tree: Path, env: dict[str, str]) -> None:
+    """Refuse to run ``tree`` unless its packages are the ones Python imports there."""
+    code = (
+        "import argus, monitoring, service\n"
+        "for p in (argus, monitoring, service): print(p.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True
+    )
+    files = [Path(f) for f in out.stdout.split()]
+    if out.returncode or not files or not all(f.is_relative_to(tree) for f in files):
+        raise RuntimeError(f"{tree} does not shadow the installed code:\n{out.stdout}{out.stderr}")
 
 
 async def open_balanced(

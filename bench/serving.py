@@ -16,11 +16,24 @@ Servers run one at a time, interleaved (bare, argus, bare, argus, ...), each fro
 home, to spread ordering and warm-cache effects; the table shows every round and the
 median. The client runs on the same cores as the servers; both sides pay for it equally.
 
-    .venv/bin/python bench/serving.py                   # 2 rounds, 15 s per configuration
+    .venv/bin/python bench/serving.py                   # 4 rounds, 8 s per configuration
     .venv/bin/python bench/serving.py --duration 5 --rounds 1 --json out.json
+    .venv/bin/python bench/serving.py --servers argus@/tmp/before,argus  # two versions
+    .venv/bin/python bench/serving.py --servers argus --doors predict,oip-json,oip-binary
 
-Exits non-zero if a server fails to start, a response is not 2xx, or the two servers
-disagree on the labels of the same rows.
+``argus@TREE`` is ``argus serve`` on the code of another source tree (a worktree of an
+older commit, say): ratios are against ``--baseline``, by default bare if it runs, else
+the first server listed.
+
+``--doors`` adds, on Argus only, the Open Inference Protocol v2 REST beside ``/predict``:
+``oip-json`` (``POST /v2/models/argus-digits/infer``, JSON in and out) and ``oip-binary``
+(the binary tensor data extension both ways). Each door at each batch size is a
+configuration of its own on the same server, same rows, same client; the doors' order
+rotates each round, and a section of the report gives each door's figures as ratios to
+``/predict``'s.
+
+Exits non-zero if a server fails to start, a response is not 2xx, or the servers disagree
+on the labels of the same rows (every door of every server, each round).
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +63,14 @@ except ImportError:  # pragma: no cover - script
     from servers import MODEL, Server, make_server, newest_version, open_balanced, train
 
 SERVERS = ("bare", "argus")
+DOORS = ("predict", "oip-json", "oip-binary")
+"""How a request gets in: ``/predict``, or the Open Inference Protocol with JSON or binary
+tensors (Argus only)."""
+OIP_PATH = f"/v2/models/{MODEL}/infer"
+OIP_INPUT = "input"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+JSON_HEADERS = {"content-type": "application/json"}
+BINARY_HEADERS = {"content-type": "application/octet-stream"}
 
 
 # -- load ---------------------------------------------------------------------------------
@@ -60,6 +82,7 @@ class RunResult:
     config: str
     rows: int
     round: int
+    door: str = "predict"
     requests: int = 0
     seconds: float = 0.0
     req_per_s: float = 0.0
@@ -85,29 +108,82 @@ class RunResult:
         return statistics.fmean(self.rss_per_worker_mb) if self.rss_per_worker_mb else 0.0
 
 
-def make_bodies(rows: int, n: int = 64, seed: int = 0) -> list[bytes]:
-    """``n`` request bodies of ``rows`` real digit rows each (sklearn's bundled digits)."""
+def sample_rows(rows: int, n: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """``n`` batches of ``rows`` real digit rows each (sklearn's bundled digits)."""
     from sklearn.datasets import load_digits
 
     X = load_digits().data.astype(float)
     rng = np.random.default_rng(seed)
-    return [
-        json.dumps({"instances": X[rng.choice(len(X), size=rows)].tolist()}).encode()
-        for _ in range(n)
-    ]
+    return [X[rng.choice(len(X), size=rows)] for _ in range(n)]
+
+
+def make_bodies(rows: int, n: int = 64, seed: int = 0) -> list[bytes]:
+    """``n`` ``/predict`` bodies of ``rows`` real digit rows each."""
+    return [encode("predict", X)[0] for X in sample_rows(rows, n, seed)]
+
+
+def door_path(door: str) -> str:
+    return "/predict" if door == "predict" else OIP_PATH
+
+
+def encode(door: str, X: np.ndarray) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a request of ``door`` for the rows ``X``."""
+    if door == "predict":
+        return json.dumps({"instances": X.tolist()}).encode(), JSON_HEADERS
+    tensor: dict[str, Any] = {"name": OIP_INPUT, "shape": list(X.shape), "datatype": "FP32"}
+    if door == "oip-json":
+        tensor["data"] = X.ravel().tolist()  # flat, row-major
+        return json.dumps({"inputs": [tensor]}).encode(), JSON_HEADERS
+    raw = np.ascontiguousarray(X, dtype="<f4").tobytes()
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    head = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
+    return head + raw, {**BINARY_HEADERS, HEADER_LENGTH: str(len(head))}
+
+
+def answer_labels(door: str, r: httpx.Response, n: int) -> list[int]:
+    """The ``n`` labels of ``door``'s answer ``r``, once its shape is checked; raises
+    ``ValueError`` (or ``KeyError``, ``TypeError``) for a malformed answer."""
+    if door == "predict":
+        preds = r.json()["predictions"]
+        if len(preds) != n or any(len(p["probabilities"]) != 10 for p in preds):
+            raise ValueError("wrong number of predictions or of probabilities")
+        return [int(p["label"]) for p in preds]
+    body, length = r.content, r.headers.get(HEADER_LENGTH)
+    if (length is None) != (door == "oip-json"):
+        raise ValueError(f"{HEADER_LENGTH} is {length!r}")
+    split = len(body) if length is None else int(length)
+    outputs = {o["name"]: o for o in json.loads(body[:split])["outputs"]}
+    blobs, offset = {}, split
+    for name, o in outputs.items():  # binary outputs follow the JSON in the header's order
+        size = o.get("parameters", {}).get("binary_data_size")
+        if size is not None:
+            blobs[name], offset = body[offset : offset + size], offset + size
+    if offset != len(body) or (door == "oip-binary") != (set(blobs) == set(outputs)):
+        raise ValueError(f"binary outputs {sorted(blobs)} of {sorted(outputs)}, {offset} bytes")
+    label, probabilities = outputs["label"], outputs["probabilities"]
+    if label["datatype"] != "INT64" or label["shape"] != [n] or probabilities["shape"] != [n, 10]:
+        raise ValueError("wrong label or probabilities tensor")
+    if door == "oip-binary":
+        if len(blobs["label"]) != 8 * n:
+            raise ValueError(f"label blob of {len(blobs['label'])} bytes for {n} rows")
+        return np.frombuffer(blobs["label"], dtype="<i8").tolist()
+    if len(label["data"]) != n:
+        raise ValueError(f"{len(label['data'])} labels for {n} rows")
+    return [int(v) for v in label["data"]]
 
 
 async def run_load(
     server: Server,
     result: RunResult,
-    bodies: list[bytes],
+    bodies: Sequence[bytes] | Sequence[tuple[bytes, dict[str, str]]],
     *,
+    path: str = "/predict",
     concurrency: int,
     warmup: float,
     duration: float,
     scrape_interval: float,
 ) -> RunResult:
-    headers = {"content-type": "application/json"}
+    requests = [(b, JSON_HEADERS) if isinstance(b, bytes) else b for b in bodies]
     latencies: list[float] = []
     scrape_latencies: list[float] = []
     failures: list[str] = []
@@ -121,11 +197,11 @@ async def run_load(
     async def sender(client: httpx.AsyncClient, k: int) -> None:
         i = k
         while time.perf_counter() < window_end:
-            body = bodies[i % len(bodies)]
+            body, headers = requests[i % len(requests)]
             i += concurrency
             t0 = time.perf_counter()
             try:
-                r = await client.post("/predict", content=body, headers=headers)
+                r = await client.post(path, content=body, headers=headers)
                 ok = r.status_code // 100 == 2
                 if not ok:
                     failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
@@ -193,20 +269,17 @@ async def run_load(
     return result
 
 
-def check_labels(server: Server, body: bytes) -> list[int]:
-    """One request outside the measurement: its shape, and the labels it returns."""
-    r = httpx.post(
-        f"{server.url}/predict",
-        content=body,
-        headers={"content-type": "application/json"},
-        timeout=60,
-    )
+def check_labels(server: Server, door: str, X: np.ndarray) -> list[int]:
+    """One request of ``door`` outside the measurement: its shape, and the labels it returns."""
+    body, headers = encode(door, X)
+    r = httpx.post(f"{server.url}{door_path(door)}", content=body, headers=headers, timeout=60)
     r.raise_for_status()
-    preds = r.json()["predictions"]
-    n = len(json.loads(body)["instances"])
-    if len(preds) != n or any(len(p["probabilities"]) != 10 for p in preds):
-        raise RuntimeError(f"{server.kind}: malformed /predict response: {r.text[:300]}")
-    return [int(p["label"]) for p in preds]
+    try:
+        return answer_labels(door, r, len(X))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RuntimeError(
+            f"{server.kind}: malformed {door} answer ({exc}): {r.content[:300]!r}"
+        ) from None
 
 
 # -- report -------------------------------------------------------------------------------
@@ -214,7 +287,7 @@ def check_labels(server: Server, body: bytes) -> list[int]:
 
 def median_row(runs: list[RunResult]) -> RunResult:
     first = runs[0]
-    med = RunResult(first.server, first.config, first.rows, round=0)
+    med = RunResult(first.server, first.config, first.rows, round=0, door=first.door)
     for name in (
         "req_per_s",
         "rows_per_s",
@@ -237,67 +310,157 @@ def median_row(runs: list[RunResult]) -> RunResult:
     return med
 
 
-def format_row(r: RunResult, label: str) -> str:
+def format_row(r: RunResult, label: str, width: int = 6, cwidth: int = 7) -> str:
     return (
-        f"{r.config:>7}  {r.server:<6} {label:>6}  {r.req_per_s:8.1f}  {r.rows_per_s:9.0f}  "
+        f"{r.config:>{cwidth}}  {r.server:<{width}} {label:>6}  {r.req_per_s:8.1f}  "
+        f"{r.rows_per_s:9.0f}  "
         f"{r.p50_ms:7.2f}  {r.p99_ms:7.2f}  {r.rss_mb:8.1f}  {r.server_cpu_ms_per_req:8.2f}  "
         f"{r.background_cpu_ms_per_req:7.2f}  {r.scrapes:7d}  {r.failures + r.scrape_failures:6d}"
     )
 
 
+def over(x: float, y: float) -> float:
+    return x / y if y else 0.0
+
+
+def config_name(rows: int, door: str) -> str:
+    return f"{rows}-row" if door == "predict" else f"{rows}-row {door}"
+
+
+def doors_of(kind: str, doors: Sequence[str]) -> list[str]:
+    """The doors ``kind`` is measured through: the OIP ones on Argus only."""
+    return [d for d in doors if d == "predict" or kind.partition("@")[0] == "argus"]
+
+
+def report_doors(
+    runs: list[RunResult], medians: dict[tuple[str, str], RunResult], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Each door's figures next to ``/predict``'s on the same server, and their ratios."""
+    figures = (  # label, attribute, format
+        ("req/s", "req_per_s", ".1f"),
+        ("CPU ms/req", "server_cpu_ms_per_req", ".2f"),
+        ("p50 ms", "p50_ms", ".2f"),
+        ("p99 ms", "p99_ms", ".1f"),
+    )
+    summary: dict[str, Any] = {}
+    for server in args.server_kinds:
+        doors = doors_of(server, args.door_list)
+        if len(doors) < 2 or not any(r.server == server and r.door != "predict" for r in runs):
+            continue
+        table = [["rows", "door", *(f[0] for f in figures)]]
+        for rows in args.batch_sizes:
+            mine = {
+                d: {r.round: r for r in runs if (r.server, r.rows, r.door) == (server, rows, d)}
+                for d in doors
+            }
+            base = mine["predict"]
+            for door in doors:
+                med = medians[config_name(rows, door), server]
+                line = [str(rows), door]
+                entry: dict[str, Any] = {}
+                for _, name, fmt in figures:
+                    values = [getattr(r, name) for r in mine[door].values()]
+                    line.append(
+                        f"{getattr(med, name):{fmt}} [{' '.join(f'{v:{fmt}}' for v in values)}]"
+                    )
+                    entry[name], entry[f"{name}_rounds"] = getattr(med, name), values
+                table.append(line)
+                if door != "predict":
+                    ratio_line = ["", "/ predict"]
+                    for _, name, _ in figures[:2]:
+                        b = medians[config_name(rows, "predict"), server]
+                        per_round = [
+                            over(getattr(r, name), getattr(base[k], name))
+                            for k, r in mine[door].items()
+                            if k in base
+                        ]
+                        ratio = over(getattr(med, name), getattr(b, name))
+                        ratio_line.append(
+                            f"{ratio:.3f} [{' '.join(f'{v:.3f}' for v in per_round)}]"
+                        )
+                        entry[f"{name}_ratio"], entry[f"{name}_ratio_rounds"] = ratio, per_round
+                    table.append(ratio_line)
+                summary.setdefault(server, {}).setdefault(f"{rows}-row", {})[door] = entry
+        widths = [
+            max(len(line[k]) for line in table if k < len(line)) for k in range(len(table[0]))
+        ]
+        print(f"\ndoors, ratios to /predict: {server} (median [round 1, 2, ...]):")
+        for k, line in enumerate(table):
+            cells = [
+                f"{c:>{w}}" if j == 0 else f"{c:<{w}}"
+                for j, (c, w) in enumerate(zip(line, widths, strict=False))
+            ]
+            print("  " + "  ".join(cells).rstrip())
+            if k == 0:
+                print("  " + "-" * (sum(widths) + 2 * (len(widths) - 1)))
+    return summary
+
+
 def report(runs: list[RunResult], args: argparse.Namespace, target: float) -> dict[str, Any]:
+    present = [s for s in args.server_kinds if any(r.server == s for r in runs)]
+    width = max(6, *(len(s) for s in present))
+    configs = list(dict.fromkeys(r.config for r in runs))
+    cwidth = max(7, *(len(c) for c in configs))
     header = (
-        f"{'config':>7}  {'server':<6} {'round':>6}  {'req/s':>8}  {'rows/s':>9}  "
+        f"{'config':>{cwidth}}  {'server':<{width}} {'round':>6}  {'req/s':>8}  {'rows/s':>9}  "
         f"{'p50 ms':>7}  {'p99 ms':>7}  {'RSS/wkr':>8}  {'srvCPU':>8}  {'bgCPU':>7}  "
         f"{'scrapes':>7}  {'errors':>6}"
     )
     print()
     print(header)
-    print(f"{'':>38}{'':>29}{'MB':>8}  {'ms/req':>8}  {'ms/req':>7}")
+    print(f"{'':>{width + cwidth + 25}}{'':>29}{'MB':>8}  {'ms/req':>8}  {'ms/req':>7}")
     print("-" * len(header))
     medians: dict[tuple[str, str], RunResult] = {}
-    configs = list(dict.fromkeys(r.config for r in runs))
-    present = [s for s in SERVERS if any(r.server == s for r in runs)]
     for config in configs:
         for server in present:
             mine = [r for r in runs if r.config == config and r.server == server]
+            if not mine:  # an OIP door on the bare service
+                continue
             for r in mine:
-                print(format_row(r, str(r.round)))
+                print(format_row(r, str(r.round), width, cwidth))
             medians[config, server] = median_row(mine)
-            print(format_row(medians[config, server], "median"))
+            print(format_row(medians[config, server], "median", width, cwidth))
         print("-" * len(header))
     ratios: dict[str, Any] = {}
-    if len(present) == len(SERVERS):
-        print(f"\nArgus / bare (target: req/s ratio >= {target:.2f}):")
-    for config in configs if len(present) == len(SERVERS) else []:
-        bare, argus = medians[config, "bare"], medians[config, "argus"]
-        ratio = argus.req_per_s / bare.req_per_s if bare.req_per_s else 0.0
-        pairs = zip(
-            [r for r in runs if r.config == config and r.server == "argus"],
-            [r for r in runs if r.config == config and r.server == "bare"],
-            strict=True,
-        )
-        per_round = [a.req_per_s / b.req_per_s if b.req_per_s else 0.0 for a, b in pairs]
-        cpu_ratio = (
-            bare.server_cpu_ms_per_req / argus.server_cpu_ms_per_req
-            if argus.server_cpu_ms_per_req
-            else 0.0
-        )
-        verdict = "meets target" if ratio >= target else "BELOW TARGET"
-        rounds = ", ".join(f"{x:.3f}" for x in per_round)
-        print(
-            f"  {config:>7}: req/s {ratio:.3f} (ratio of medians; per round {rounds})  "
-            f"{verdict}\n"
-            f"           CPU cost bare/Argus per request {cpu_ratio:.3f} "
-            f"({bare.server_cpu_ms_per_req:.2f} vs {argus.server_cpu_ms_per_req:.2f} ms)"
-        )
-        ratios[config] = {
-            "req_per_s_ratio": ratio,
-            "per_round": per_round,
-            "cpu_cost_ratio": cpu_ratio,
-            "p99_ratio": argus.p99_ms / bare.p99_ms if bare.p99_ms else 0.0,
-            "meets_target": ratio >= target,
-        }
+    base = args.baseline
+    others = [s for s in present if s != base] if base in present else []
+    for server in others:
+        goal = f" (target: req/s ratio >= {target:.2f})" if base == "bare" else ""
+        print(f"\n{server} / {base}{goal}:")
+        for config in configs:
+            if (config, base) not in medians or (config, server) not in medians:
+                continue
+            b, o = medians[config, base], medians[config, server]
+            ratio = over(o.req_per_s, b.req_per_s)
+            pairs = zip(
+                [r for r in runs if r.config == config and r.server == server],
+                [r for r in runs if r.config == config and r.server == base],
+                strict=True,
+            )
+            per_round = [over(x.req_per_s, y.req_per_s) for x, y in pairs]
+            cpu_ratio = over(o.server_cpu_ms_per_req, b.server_cpu_ms_per_req)
+            p99_ratio = over(o.p99_ms, b.p99_ms)
+            verdict = ("  meets target" if ratio >= target else "  BELOW TARGET") if goal else ""
+            rounds = ", ".join(f"{x:.3f}" for x in per_round)
+            print(
+                f"  {config:>{cwidth}}: req/s {ratio:.3f} (ratio of medians; per round {rounds})"
+                f"{verdict}\n"
+                f"  {'':>{cwidth}}  CPU ms/request {o.server_cpu_ms_per_req:.2f} vs "
+                f"{b.server_cpu_ms_per_req:.2f}: {cpu_ratio:.3f}; "
+                f"p99 {o.p99_ms:.1f} vs {b.p99_ms:.1f} ms: {p99_ratio:.3f}"
+            )
+            ratios[config if len(others) == 1 else f"{config} {server}"] = {
+                "server": server,
+                "baseline": base,
+                "req_per_s_ratio": ratio,
+                "per_round": per_round,
+                "cpu_ms_ratio": cpu_ratio,
+                "cpu_cost_ratio": over(1.0, cpu_ratio),  # baseline / server, as it always was
+                "p99_ratio": p99_ratio,
+                "meets_target": ratio >= target,
+            }
+
+    doors = report_doors(runs, medians, args)
 
     def scrape_figures(server: str) -> str:
         mine = [r for r in runs if r.server == server and r.scrapes]
@@ -317,6 +480,18 @@ def report(runs: list[RunResult], args: argparse.Namespace, target: float) -> di
     else:  # --scrape-interval 0
         scrape_note = "GET /metrics was not scraped: no window figures were computed."
     client_share = statistics.median(r.client_cpu_share for r in runs)
+    doors_note = (
+        f"""
+  * Doors (Argus only): /predict; oip-json, POST {OIP_PATH} with a JSON
+    FP32 tensor and JSON outputs; oip-binary, the same with the binary tensor data
+    extension both ways (float32 in, every output binary). Each door is a configuration of
+    its own on the same server instance, same rows; the doors' order rotates each round.
+    Every round, before the load, one {max(args.batch_sizes)}-row request per door checked the
+    answer's shape and that its labels equal /predict's on the same rows; under load, each
+    response must be 2xx."""
+        if len(args.door_list) > 1
+        else ""
+    )
     print(
         f"""
 Notes:
@@ -340,12 +515,15 @@ Notes:
     window per completed request; less sensitive to other load than req/s. bgCPU: the
     part of it spent outside the workers' main (event-loop) threads; on Argus, ingesting
     the journals into SQLite, computing scrapes and polling the live pointer. RSS/wkr:
-    mean RSS of the worker processes at the end of the run (median rows: median of rounds).
+    mean RSS of the worker processes at the end of the run (median rows: median of rounds).{
+            doors_note
+        }
 """
     )
     return {
         "medians": {f"{c}/{s}": asdict(m) for (c, s), m in medians.items()},
         "ratios": ratios,
+        "doors": doors,
     }
 
 
@@ -361,7 +539,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="worker processes of each server")
     p.add_argument("--batches", default="1,64", help="rows per request, comma separated")
     p.add_argument("--scrape-interval", type=float, default=2.0, help="0 disables scraping")
-    p.add_argument("--servers", default="bare,argus", help="which servers, in run order")
+    p.add_argument(
+        "--servers",
+        default="bare,argus",
+        help="which servers, in run order; argus@TREE: argus serve on another source tree",
+    )
+    p.add_argument(
+        "--doors",
+        default="predict",
+        help=f"how requests get in, comma separated, with predict: {', '.join(DOORS)} "
+        "(the OIP doors on Argus only)",
+    )
+    p.add_argument("--baseline", help="the server ratios are against (default: bare, or first)")
     p.add_argument("--target", type=float, default=0.90, help="Argus/bare req/s ratio goal")
     p.add_argument("--model-home", type=Path, help="a BENTOML_HOME holding argus-digits")
     p.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
@@ -381,10 +570,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError:
         p.error("--batches must be comma-separated integers")
     args.server_kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
-    if not args.server_kinds or set(args.server_kinds) - set(SERVERS):
-        p.error(f"--servers takes a comma-separated subset of {', '.join(SERVERS)}")
+    if not args.server_kinds or len(set(args.server_kinds)) < len(args.server_kinds):
+        p.error("--servers takes distinct servers")
+    for kind, _, tree in (k.partition("@") for k in args.server_kinds):
+        if kind not in SERVERS or (tree and (kind != "argus" or not Path(tree).is_dir())):
+            p.error(f"--servers takes {', '.join(SERVERS)} or argus@TREE, TREE a source tree")
+    if args.baseline is None:
+        args.baseline = "bare" if "bare" in args.server_kinds else args.server_kinds[0]
+    if args.baseline not in args.server_kinds:
+        p.error("--baseline must be one of --servers")
     if not args.batch_sizes or min(args.batch_sizes) < 1:
         p.error("--batches must hold positive integers")
+    args.door_list = [d.strip() for d in args.doors.split(",") if d.strip()]
+    if len(set(args.door_list)) < len(args.door_list) or not set(args.door_list) <= set(DOORS):
+        p.error(f"--doors takes distinct doors of {', '.join(DOORS)}")
+    if "predict" not in args.door_list:
+        p.error("--doors must include predict: the other doors' ratios are to it")
+    if len(args.door_list) > 1 and not any(len(doors_of(k, DOORS)) > 1 for k in args.server_kinds):
+        p.error("the OIP doors are measured on Argus only: add argus to --servers")
     return args
 
 
@@ -403,9 +606,14 @@ def main(argv: list[str] | None = None) -> int:
             store, version = train(root / "train")
         onnx = store / "models" / MODEL / version / "model.onnx"
         print(f"model {MODEL}:{version} ({onnx})", flush=True)
-        bodies = {rows: make_bodies(rows) for rows in args.batch_sizes}
-        check_body = bodies[max(args.batch_sizes)][0]
-        labels: dict[str, list[int]] = {}
+        samples = {rows: sample_rows(rows) for rows in args.batch_sizes}
+        bodies = {
+            (door, rows): [encode(door, X) for X in samples[rows]]
+            for door in args.door_list
+            for rows in args.batch_sizes
+        }
+        check_rows = samples[max(args.batch_sizes)][0]
+        labels: dict[str, list[int]] = {}  # "server door" -> labels of check_rows
         for rnd in range(1, args.rounds + 1):
             for kind in args.server_kinds:
                 current = make_server(kind, root, store, onnx, args.workers, args.bare_response)
@@ -416,14 +624,21 @@ def main(argv: list[str] | None = None) -> int:
                     f"(port {current.port}, {len(current.worker_procs())} workers)",
                     flush=True,
                 )
-                labels.setdefault(kind, check_labels(current, check_body))
-                for rows in args.batch_sizes:
-                    result = RunResult(kind, f"{rows}-row", rows, rnd)
+                doors = doors_of(kind, args.door_list)
+                shift = (rnd - 1) % len(doors)  # spread the doors' ordering effects
+                doors = doors[shift:] + doors[:shift]
+                for door in doors:
+                    got = check_labels(current, door, check_rows)
+                    if labels.setdefault(f"{kind} {door}", got) != got:
+                        problems.append(f"{kind} {door} round {rnd}: labels changed")
+                for rows, door in ((rows, door) for rows in args.batch_sizes for door in doors):
+                    result = RunResult(kind, config_name(rows, door), rows, rnd, door)
                     asyncio.run(
                         run_load(
                             current,
                             result,
-                            bodies[rows],
+                            bodies[door, rows],
+                            path=door_path(door),
                             concurrency=args.concurrency,
                             warmup=args.warmup,
                             duration=args.duration,
@@ -432,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     runs.append(result)
                     print(
-                        f"  {result.config:>7} {kind:<6} {result.req_per_s:8.1f} req/s  "
+                        f"  {result.config:>17} {kind:<6} {result.req_per_s:8.1f} req/s  "
                         f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
                         f"errors {result.failures + result.scrape_failures}  "
                         f"connections/worker {result.connections_per_worker}",
@@ -448,8 +663,10 @@ def main(argv: list[str] | None = None) -> int:
                         )
                 current.stop()
                 current = None
-        if len(labels) == len(SERVERS) and labels["bare"] != labels["argus"]:
-            problems.append("bare and argus return different labels for the same rows")
+        first, *rest = labels
+        differ = [k for k in rest if labels[k] != labels[first]]
+        if differ:
+            problems.append(f"{', '.join(differ)} disagree with {first} on the labels")
         summary = report(runs, args, args.target)
         if args.json:
             payload = {
