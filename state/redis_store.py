@@ -72,6 +72,7 @@ from state.redis_db import RedisDB
 from state.types import (
     DEFAULT,
     ROLLBACK,
+    Candidate,
     Counts,
     FeedbackRecord,
     FeedbackResult,
@@ -322,6 +323,35 @@ class RedisState(Backend):
         with self._db.use("set the live version") as conn:
             args: list[Any] = [version, reason, repr(float(t)), expected, os.urandom(8).hex()]
             return int(conn.switch(keys=keys, args=args, client=conn.client))
+
+    def get_candidate(self, model: str) -> Candidate | None:
+        with self._db.use("read the candidate") as conn:
+            found = conn.client.hgetall(f"{self.prefix}cand:{_escape(model)}")
+        if not found:
+            return None
+        d = {k.decode(): v.decode() for k, v in found.items()}
+        return Candidate(d["role"], d["version"], float(d["share"]), float(d["t"]))
+
+    def set_candidate(self, model: str, candidate: Candidate | None) -> None:
+        key = f"{self.prefix}cand:{_escape(model)}"
+        with self._db.use("set the candidate") as conn:
+            if candidate is None:
+                conn.client.delete(key)
+                return
+            c = candidate
+            fields = {"role": c.role, "version": c.version, "share": repr(float(c.share))}
+            pipe = conn.client.pipeline(transaction=True)  # MULTI: replaced as a whole
+            pipe.delete(key)
+            pipe.hset(key, mapping={**fields, "t": repr(float(c.t))})
+            pipe.execute()
+
+    def recent_ids(self, model: str, version: str, n: int) -> list[str]:
+        n = window_length(n, "n")
+        if not n:
+            return []
+        with self._db.use("read recent ids") as conn:
+            ids = conn.client.lrange(self._version_key(model, version) + "p", -n, -1)
+        return [i.decode() for i in ids]
 
     def history(self, model: str) -> list[Switch]:
         with self._db.use("read the live history") as conn:

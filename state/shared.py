@@ -54,6 +54,7 @@ from state.backend import check_unique
 from state.journal import Journal, read_frames, read_offset, write_offset
 from state.records import PredictionBatch, PredictionRecord
 from state.types import (
+    Candidate,
     Counts,
     ErrorHook,
     FeedbackResult,
@@ -164,6 +165,16 @@ class SharedState:
 
     def previous_live(self, model: str) -> str:
         return self.inner.previous_live(model)
+
+    def get_candidate(self, model: str) -> Candidate | None:
+        return self.inner.get_candidate(model)
+
+    def set_candidate(self, model: str, candidate: Candidate | None) -> None:
+        self.inner.set_candidate(model, candidate)
+
+    def recent_ids(self, model: str, version: str, n: int) -> list[str]:
+        self.ingest()
+        return self.inner.recent_ids(model, version, n)
 
     def rollback(self, model: str, t: float) -> str:
         return self.inner.rollback(model, t)

@@ -68,8 +68,16 @@ from pathlib import Path
 
 from errors import StateError
 
-SCHEMA_VERSION = 2
-_SCHEMA = """
+SCHEMA_VERSION = 3
+_CANDIDATES = """
+CREATE TABLE candidates (
+    model TEXT PRIMARY KEY, role TEXT NOT NULL, version TEXT NOT NULL, share REAL NOT NULL,
+    t REAL NOT NULL)"""
+_UPGRADES = {2: _CANDIDATES}  # from version: what makes it the next one (tables added only)
+_SCHEMA = (
+    _CANDIDATES
+    + ";"
+    + """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE versions (
     vid INTEGER PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,
@@ -97,6 +105,7 @@ CREATE TABLE switches (
     previous TEXT, reason TEXT NOT NULL);
 CREATE INDEX switches_model ON switches (model);
 """
+)
 _RECONNECT = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN}
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _PARKED: list[sqlite3.Connection] = []  # inherited across fork: never used, never closed
@@ -205,10 +214,28 @@ class SQLiteFile:
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
+        while found in _UPGRADES and not self.read_only:  # additive: nothing is rewritten
+            with self._write_lock:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    now = schema_version(conn)
+                    if now == found:
+                        conn.execute(_UPGRADES[found])
+                        conn.execute("INSERT INTO schema_version VALUES (?)", (found + 1,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+            found = schema_version(conn)
         if found is not None and found > SCHEMA_VERSION:
             raise StateError(
                 f"state database {self.path} has schema version {found}, newer than this "
                 f"Argus understands ({SCHEMA_VERSION}): upgrade Argus"
+            )
+        if found in _UPGRADES:  # only a read-only opener gets here
+            raise StateError(
+                f"state database {self.path} has schema version {found}: open it once "
+                f"read-write (any argus command) to upgrade it to {SCHEMA_VERSION}"
             )
         if found is not None and found < SCHEMA_VERSION:
             raise StateError(

@@ -9,6 +9,7 @@ merged into blocks, how the input window stays bounded and how retention deletes
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import struct
 from collections import Counter
@@ -32,6 +33,7 @@ from state.sqlite_db import SCHEMA_VERSION, SQLiteFile, is_integrity
 from state.types import (
     DEFAULT,
     ROLLBACK,
+    Candidate,
     Counts,
     FeedbackRecord,
     FeedbackResult,
@@ -305,6 +307,46 @@ class SQLiteState(Backend):
             "SET version = excluded.version, serial = excluded.serial",
             (model, version, serial + 1),
         )
+
+    def get_candidate(self, model: str) -> Candidate | None:
+        with self._use("read the candidate") as conn:
+            row = conn.execute(
+                "SELECT role, version, share, t FROM candidates WHERE model = ?", (model,)
+            ).fetchone()
+        return None if row is None else Candidate(*row)
+
+    def set_candidate(self, model: str, candidate: Candidate | None) -> None:
+        with self._use("set the candidate", write=True) as conn:
+            if candidate is None:
+                conn.execute("DELETE FROM candidates WHERE model = ?", (model,))
+                return
+            c = candidate
+            conn.execute(
+                "INSERT INTO candidates VALUES (?, ?, ?, ?, ?) ON CONFLICT (model) DO UPDATE "
+                "SET role = excluded.role, version = excluded.version, "
+                "share = excluded.share, t = excluded.t",
+                (model, c.role, c.version, float(c.share), float(c.t)),
+            )
+
+    def recent_ids(self, model: str, version: str, n: int) -> list[str]:
+        n = window_length(n, "n")
+        parts: list[list[str]] = []  # newest block first
+        have = 0
+        with self._use("read recent ids") as conn:
+            vid = _vid(conn, model, version)
+            if vid is not None and n:
+                cursor = conn.execute(
+                    "SELECT lo, ids FROM blocks WHERE vid = ? ORDER BY block DESC", (vid,)
+                )
+                for lo, listed in cursor:
+                    ids = json.loads(listed)[lo:]
+                    take = ids[max(0, len(ids) - (n - have)) :]
+                    parts.append(take)
+                    have += len(take)
+                    if have >= n:
+                        break
+                cursor.close()
+        return [id_ for part in reversed(parts) for id_ in part]
 
     def history(self, model: str) -> list[Switch]:
         with self._use("read the live history") as conn:

@@ -123,6 +123,33 @@ class Switch:
     reason: str
 
 
+SHADOW, CANARY = "shadow", "canary"
+PROMOTE = "promote"
+"""The ``reason`` of a switch that made a candidate live."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A version tried beside the live one, set per model in the shared state.
+
+    ``role`` ``"shadow"``: it also predicts a ``share`` (0 to 1) of the rows the live version
+    answers, off the response path. ``"canary"``: it answers a ``share`` of the requests.
+    """
+
+    role: str
+    version: str
+    share: float
+    t: float
+
+    def __post_init__(self) -> None:
+        if self.role not in (SHADOW, CANARY):
+            raise ValueError(f"role must be {SHADOW!r} or {CANARY!r}, got {self.role!r}")
+        if not self.version:
+            raise ValueError("version must be a non-empty string")
+        if not 0.0 < self.share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {self.share!r}")
+
+
 @dataclass(frozen=True)
 class LiveMarker:
     """Cheap to poll: ``serial`` grows by one at every switch of the model's pointer."""
@@ -238,6 +265,18 @@ class StateStore(Protocol):
 
     def history(self, model: str) -> list[Switch]:
         """Every switch of the model's pointer, oldest first."""
+        ...
+
+    def get_candidate(self, model: str) -> Candidate | None:
+        """The model's shadow or canary, or ``None``."""
+        ...
+
+    def set_candidate(self, model: str, candidate: Candidate | None) -> None:
+        """Set (or, with ``None``, end) the model's shadow or canary."""
+        ...
+
+    def recent_ids(self, model: str, version: str, n: int) -> list[str]:
+        """The ids of the version's last ``n`` logged rows, oldest first."""
         ...
 
     def previous_live(self, model: str) -> str:

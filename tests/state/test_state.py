@@ -34,7 +34,7 @@ from state.opener import open_state
 from state.records import PredictionBatch, PredictionRecord
 from state.shared import JournaledState, WriteThroughState
 from state.sqlite_store import SCHEMA_VERSION, SQLiteState
-from state.types import Counts, LiveMarker, StateStore, Switch
+from state.types import Candidate, Counts, LiveMarker, StateStore, Switch
 from tests.redis_server import RedisServer, require_redis
 
 try:
@@ -895,3 +895,45 @@ def test_the_first_switch_records_the_version_that_served_by_default(store: Stat
         Switch(3.0, "C", "B", "activate"),
     ]
     assert store.history("n") == [Switch(4.0, "A", None, "activate")]
+
+
+def test_a_version_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    kept = record(open_backend(None, tmp_path), 2)
+    with sqlite3.connect(tmp_path / "state.sqlite3") as db:  # as Argus wrote it before
+        db.execute("DROP TABLE candidates")
+        db.execute("DELETE FROM schema_version")
+        db.execute("INSERT INTO schema_version VALUES (2)")
+    with pytest.raises(StateError, match="open it once read-write"):
+        open_backend("sqlite://state.sqlite3?mode=ro", tmp_path).get_live("m")
+    store = open_backend(None, tmp_path)
+    assert store.get_candidate("m") is None  # the table was added
+    assert sorted(store.lookup([r.id for r in kept])) == sorted(r.id for r in kept)
+    with sqlite3.connect(tmp_path / "state.sqlite3") as db:
+        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+
+
+def test_candidate_settings_round_trip(store: StateStore) -> None:
+    assert store.get_candidate("m") is None
+    shadow = Candidate("shadow", "B", 0.5, 10.0)
+    store.set_candidate("m", shadow)
+    assert store.get_candidate("m") == shadow and store.get_candidate("other") is None
+    canary = Candidate("canary", "C", 0.25, 11.0)
+    store.set_candidate("m", canary)  # one candidate per model: replaced whole
+    assert store.get_candidate("m") == canary
+    store.set_candidate("m", None)
+    assert store.get_candidate("m") is None
+    store.set_candidate("m", None)  # ending none is fine
+    with pytest.raises(ValueError, match="share"):
+        Candidate("shadow", "B", 0.0, 1.0)
+    with pytest.raises(ValueError, match="role"):
+        Candidate("mirror", "B", 1.0, 1.0)
+
+
+def test_recent_ids_are_the_last_n_oldest_first(store: StateStore) -> None:
+    first = record(store, 5, t0=100.0)
+    second = record(store, 3, t0=200.0)
+    record(store, 2, version="v2")
+    ids = [r.id for r in first + second]
+    assert store.recent_ids("m", "v1", 4) == ids[-4:]
+    assert store.recent_ids("m", "v1", 100) == ids
+    assert store.recent_ids("m", "v1", 0) == [] and store.recent_ids("m", "nope", 5) == []
