@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     import httpx
 
-    from argus.status import render_status
+    from argus.status import render_comparison, render_status
 
     url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
     params = {k: v for k, v in (("model", args.model), ("version", args.version)) if v}
@@ -142,10 +142,19 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             message = response.text
         raise ArgusError(f"{url}/monitoring answered {response.status_code}: {message}")
     snapshot = response.json()
+    compared = None
+    if not args.version:  # the candidate is compared with the live version
+        try:
+            got = httpx.get(f"{url}/monitoring/compare", params=params, timeout=10)
+            compared = got.json() if got.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            compared = None
     if args.json:
-        print(json.dumps(snapshot, indent=2))
+        print(json.dumps({**snapshot, "compare": compared}, indent=2))
     else:
         print(render_status(snapshot, top=args.top))
+        if compared and compared.get("candidate"):
+            print(render_comparison(compared))
     return 0
 
 

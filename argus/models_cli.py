@@ -23,31 +23,31 @@ def add_models_parser(sub: Any) -> None:
     models = sub.add_parser("models", help="list, inspect and manage stored versions")
     msub = models.add_subparsers(title="models commands")
     p = msub.add_parser("list", help="versions by creation time")
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models_list)
     p = msub.add_parser("show", help="a version's card and evaluation report")
     p.add_argument("version")
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models_show)
     p = msub.add_parser("diff", help="config and metric differences between two versions")
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_diff)
     p = msub.add_parser("verify", help="check stored files against their checksums")
     p.add_argument("version")
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_verify)
     p = msub.add_parser("delete", help="delete a version that is not live")
     p.add_argument("version")
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_delete)
     p = msub.add_parser("export", help="write a version as a .bentomodel archive")
     p.add_argument("version")
     p.add_argument("dest", type=Path)
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_export)
     p = msub.add_parser("import", help="add a version from a .bentomodel archive")
     p.add_argument("path", type=Path)
@@ -56,20 +56,35 @@ def add_models_parser(sub: Any) -> None:
     p.add_argument("file", type=Path)
     p.add_argument("--reference", type=Path, required=True, help="CSV of labelled reference rows")
     p.add_argument("--label-column", required=True)
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_register_onnx)
     p = msub.add_parser(
         "sync", help="import the versions this store lacks from the shared model source"
     )
     p.add_argument("--from", dest="source", type=Path, help="folder (default ARGUS_MODEL_SOURCE)")
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_sync)
     p = msub.add_parser("activate", help="make a version live (running servers follow)")
     p.add_argument("version")
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_activate)
+    p = msub.add_parser("shadow", help="run a version beside the live one on its rows")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--fraction", type=float, default=1.0, help="share of rows (default 1.0)")
+    p.add_argument("--stop", action="store_true", help="end the shadow")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
+    p.set_defaults(func=cmd_models_shadow)
+    p = msub.add_parser("canary", help="let a version answer a share of the requests")
+    p.add_argument("version", nargs="?")
+    p.add_argument("--percent", type=float, help="share of requests, 0 to 100")
+    p.add_argument("--stop", action="store_true", help="end the canary")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
+    p.set_defaults(func=cmd_models_canary)
+    p = msub.add_parser("promote", help="make the shadow or canary live")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
+    p.set_defaults(func=cmd_models_promote)
     p = msub.add_parser("rollback", help="make the previously live version live again")
-    p.add_argument("--name")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_rollback)
 
 
@@ -289,4 +304,81 @@ def cmd_models_rollback(args: argparse.Namespace, settings: Settings) -> int:
     store.verify(stored)
     version = state.rollback(name, t=time.time())
     print(f"rolled back: {name}:{version} is live")
+    return 0
+
+
+def cmd_models_shadow(args: argparse.Namespace, settings: Settings) -> int:
+    if args.stop:
+        return _end_candidate(args, settings, "shadow")
+    if args.version is None:
+        raise ArgusError("give the VERSION to shadow, or --stop")
+    if not 0.0 < args.fraction <= 1.0:
+        raise ArgusError(f"--fraction must be in (0, 1], got {args.fraction}")
+    return _start_candidate(args, settings, "shadow", args.fraction)
+
+
+def cmd_models_canary(args: argparse.Namespace, settings: Settings) -> int:
+    if args.stop or args.percent == 0:
+        return _end_candidate(args, settings, "canary")
+    if args.version is None or args.percent is None:
+        raise ArgusError("give the VERSION and --percent P (0 to 100), or --stop")
+    if not 0.0 < args.percent <= 100.0:
+        raise ArgusError(f"--percent must be from 0 to 100, got {args.percent}")
+    return _start_candidate(args, settings, "canary", args.percent / 100.0)
+
+
+def _start_candidate(args: argparse.Namespace, settings: Settings, role: str, share: float) -> int:
+    from models import store
+    from state.types import Candidate
+
+    name = _name(args, settings)
+    stored = store.get_version(name, args.version)
+    store.verify(stored)
+    state = _state(settings)
+    live_version = state.get_live(name) or getattr(store.newest(name), "version", None)
+    if live_version == stored.version:
+        raise ArgusError(f"{stored.tag} is the live version")
+    if live_version is not None:
+        live = store.get_version(name, live_version)
+        if (live.card.n_features, live.card.n_classes) != (
+            stored.card.n_features,
+            stored.card.n_classes,
+        ):
+            raise ArgusError(
+                f"{stored.tag} takes {stored.card.n_features} features and gives "
+                f"{stored.card.n_classes} classes; the live {live.tag} "
+                f"{live.card.n_features} and {live.card.n_classes}"
+            )
+    state.set_candidate(name, Candidate(role, stored.version, share, time.time()))
+    print(f"{stored.tag} is the {role} ({share:.0%}); running servers follow")
+    return 0
+
+
+def _end_candidate(args: argparse.Namespace, settings: Settings, role: str) -> int:
+    name = _name(args, settings)
+    state = _state(settings)
+    current = state.get_candidate(name)
+    if current is None or current.role != role:
+        print(f"{name} has no {role}")
+        return 0
+    state.set_candidate(name, None)
+    print(f"{role} {name}:{current.version} ended")
+    return 0
+
+
+def cmd_models_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from models import store
+
+    name = _name(args, settings)
+    state = _state(settings)
+    candidate = state.get_candidate(name)
+    if candidate is None:
+        raise ArgusError(f"{name} has no shadow or canary to promote")
+    stored = store.get_version(name, candidate.version)
+    store.verify(stored)
+    newest = store.newest(name)
+    default = None if newest is None else newest.version
+    state.set_live(name, stored.version, reason="promote", t=time.time(), default=default)
+    state.set_candidate(name, None)
+    print(f"promoted: {stored.tag} is live ({candidate.role} ended)")
     return 0

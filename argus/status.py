@@ -82,3 +82,34 @@ def render_status(snap: dict[str, Any], top: int = 10) -> str:
         if len(drifted) > top:
             lines.append(f"  ... and {len(drifted) - top} more")
     return "\n".join(lines)
+
+
+def render_comparison(doc: dict[str, Any]) -> str:
+    """The ``candidate`` section: live against its shadow or canary (``/monitoring/compare``)."""
+    cand, live, comp = doc["candidate"], doc["live"], doc["comparison"]
+    verdict = comp["verdict"]
+    lines = [
+        f"candidate    {cand['role']} {cand['version']} ({_pct(cand['share'])}) against live "
+        f"{live['version']}",
+    ]
+    for who, side in (("  live     ", live), ("  candidate", cand)):
+        lines.append(
+            f"{who}  estimated {_num(side['estimated_accuracy'])}, anomalies "
+            f"{_pct(side['anomaly_ratio'])}, drift {_pct(side['drift_share'])}, "
+            f"{side['input_rows']} input rows, {side['labelled_rows']} labelled"
+        )
+    if comp["agreement"] is not None:
+        lines.append(f"  agreement  {_pct(comp['agreement'])} of {comp['rows']} shadowed rows")
+    lines.append(
+        f"  accuracy   live {_num(comp['live_accuracy'])}, candidate "
+        f"{_num(comp['candidate_accuracy'])} on {comp['labelled']} labelled rows"
+        + (" (the same rows)" if comp["agreement"] is not None else "")
+    )
+    worse = "WORSE" if verdict["worse"] else "not worse"
+    p_value = "-" if verdict["p_value"] is None else f"{verdict['p_value']:.3g}"
+    pairs = "" if verdict["discordant"] is None else f", {verdict['discordant']} discordant pairs"
+    lines.append(
+        f"  verdict    {worse} by more than {verdict['margin']} ({verdict['test']}, p {p_value}"
+        f"{pairs})"
+    )
+    return "\n".join(lines)

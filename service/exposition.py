@@ -22,13 +22,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from models import store
+from monitoring.binned import psi
+from monitoring.compare import paired_figures, two_proportion_worse
 from monitoring.profile import ReferenceProfile
 from monitoring.windows import WindowFigures
 from service.fleet import Fleet
 from service.runtime import ModelRuntime
 from service.settings import Settings
 from service.validation import RequestError
-from state.types import DEFAULT, StateStore
+from state.ids import SHADOW_SUFFIX
+from state.types import DEFAULT, SHADOW, StateStore
 from state.windows import StateWindows
 
 MAX_FEATURE_SERIES = 64
@@ -43,6 +46,7 @@ class MetricsExposition:
         self._cache: dict[tuple[str, str], tuple[float, WindowFigures]] = {}
         self._lock = threading.Lock()
         self._versions: dict[str, tuple[int, list[str]]] = {}  # (store marker, versions)
+        self._compared: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
 
     # -- computing -------------------------------------------------------------------
 
@@ -91,6 +95,92 @@ class MetricsExposition:
             ) from None
         return {"live": live, "generated_at": time.time(), **figures.to_dict()}
 
+    # -- candidate against live -------------------------------------------------------
+
+    def compare(self, model: str | None = None, now: float | None = None) -> dict[str, Any]:
+        """Live against the model's shadow or canary (``GET /monitoring/compare``)."""
+        try:
+            runtime = self.fleet.get(model or None)
+        except LookupError as exc:
+            raise RequestError(404, "unknown_model", str(exc)) from None
+        name = runtime.name
+        live = _live(runtime)
+        if live is None:
+            raise RequestError(503, "no_model", f"no version of {name} is being served")
+        now = time.monotonic() if now is None else now
+        key = (name, "compare:" + live)
+        with self._lock:
+            hit = self._compared.get(key)
+            if hit is not None and now - hit[0] < self.settings.metrics_cache_seconds:
+                return hit[1]
+        result = self._compare(name, live)
+        with self._lock:
+            self._compared[key] = (now, result)
+        return result
+
+    def _compare(self, name: str, live: str) -> dict[str, Any]:
+        candidate = self.state.get_candidate(name)
+        doc: dict[str, Any] = {
+            "model": name,
+            "generated_at": time.time(),
+            "live": _summary(self.figures(name, live)),
+            "candidate": None,
+            "comparison": None,
+        }
+        if candidate is None:
+            return doc
+        cand = self.figures(name, candidate.version)
+        doc["candidate"] = {
+            "role": candidate.role,
+            "share": candidate.share,
+            "since": candidate.t,
+            **_summary(cand),
+        }
+        k = self._profile(name, live).n_classes
+        if candidate.role == SHADOW:
+            live_labels, cand_labels, true = self._pairs(name, live, candidate.version)
+            doc["comparison"] = paired_figures(
+                live_labels, cand_labels, true, n_classes=k
+            ).to_dict()
+        else:  # a canary answered other rows: two proportions
+            lp, cp = self.figures(name, live).performance, cand.performance
+            verdict = two_proportion_worse(
+                _correct(lp), 0 if lp is None else lp.n, _correct(cp), 0 if cp is None else cp.n
+            )
+            doc["comparison"] = {
+                "rows": cand.prediction_rows,
+                "agreement": None,
+                "labelled": verdict.rows,
+                "live_accuracy": None if lp is None else lp.accuracy,
+                "candidate_accuracy": None if cp is None else cp.accuracy,
+                "class_psi": _class_psi(self.figures(name, live), cand),
+                "verdict": verdict.to_dict(),
+            }
+        return doc
+
+    def _pairs(self, name: str, live: str, shadow: str) -> tuple[np.ndarray, ...]:
+        """Live and shadow labels of the same rows (the shadow's last input-window rows
+        whose live prediction is logged under ``live``), and each row's true label or -1."""
+        shadow_ids = self.state.recent_ids(name, shadow, self.settings.input_window)
+        shadow_ids = [i for i in shadow_ids if i.endswith(SHADOW_SUFFIX)]
+        bases = [i[: -len(SHADOW_SUFFIX)] for i in shadow_ids]
+        found = self.state.lookup(bases + shadow_ids)
+        rows = [
+            (found[b], found[s])
+            for b, s in zip(bases, shadow_ids, strict=True)
+            if b in found and s in found and found[b].version == live
+        ]
+        true = [
+            r.true_label if r.true_label is not None else (-1 if c.true_label is None else
+                                                           c.true_label)
+            for r, c in rows
+        ]  # fmt: skip
+        return (
+            np.array([r.label for r, _ in rows], dtype=np.int64),
+            np.array([c.label for _, c in rows], dtype=np.int64),
+            np.array(true, dtype=np.int64),
+        )
+
     def _stored_versions(self, model: str) -> list[str]:
         """Version names, re-read only when the store changed (listing parses YAML)."""
         marker = store.store_marker(model)
@@ -123,7 +213,7 @@ class MetricsExposition:
             live = _live(runtime)
             for version in self._stored_versions(runtime.name):
                 info.add_metric([runtime.name, version, str(version == live).lower()], 1)
-            by_reason = {"activate": 0, "rollback": 0}
+            by_reason = {"activate": 0, "rollback": 0, "promote": 0}
             for sw in self.state.history(runtime.name):
                 if sw.reason != DEFAULT:  # what served before the first switch: no switch
                     by_reason[sw.reason] = by_reason.get(sw.reason, 0) + 1
@@ -131,8 +221,70 @@ class MetricsExposition:
                 switches.add_metric([runtime.name, reason], n)
         yield info
         yield switches
-        figures = [self.figures(r.name, live) for r in runtimes if (live := _live(r)) is not None]
+        served = [(r.name, live) for r in runtimes if (live := _live(r)) is not None]
+        candidates = {name: self.state.get_candidate(name) for name, _ in served}
+        figures = [self.figures(name, live) for name, live in served]
+        figures += [self.figures(name, c.version) for name, c in candidates.items() if c]
         yield from _merged(family for f in figures for family in _figure_families(f))
+        yield from self._candidate_families(candidates)
+
+    def _candidate_families(self, candidates: dict[str, Any]) -> Iterable[Metric]:
+        info = GaugeMetricFamily(
+            "argus_candidate_info",
+            "The model's shadow or canary (role), 1 while it runs.",
+            labels=["model", "version", "role"],
+        )
+        agreement = _gauge(
+            "argus_candidate_agreement_ratio",
+            "Share of shadowed rows where the shadow predicted the live version's label.",
+        )
+        delta = _gauge(
+            "argus_candidate_accuracy_delta",
+            "Candidate minus live accuracy (a shadow: on the same labelled rows).",
+        )
+        worse = _gauge(
+            "argus_candidate_worse",
+            "1 when the candidate is significantly less accurate than live by more than "
+            "the margin (McNemar for a shadow, two proportions for a canary).",
+        )
+        for name, candidate in sorted(candidates.items()):
+            if candidate is None:
+                continue
+            mv = [name, candidate.version]
+            info.add_metric([*mv, candidate.role], 1)
+            comparison = self.compare(name)["comparison"]
+            if comparison is None:
+                continue
+            if comparison["agreement"] is not None:
+                agreement.add_metric(mv, comparison["agreement"])
+            verdict = comparison["verdict"]
+            if verdict["accuracy_delta"] is not None:
+                delta.add_metric(mv, verdict["accuracy_delta"])
+            worse.add_metric(mv, float(verdict["worse"]))
+        yield from (info, agreement, delta, worse)
+
+
+def _summary(f: WindowFigures) -> dict[str, Any]:
+    """One version's side of the comparison, with the rows behind each figure."""
+    return {
+        "version": f.version,
+        "input_rows": f.input_rows,
+        "labelled_rows": f.labelled_rows,
+        "accuracy": None if f.performance is None else f.performance.accuracy,
+        "estimated_accuracy": f.estimated_accuracy,
+        "anomaly_ratio": f.anomaly_ratio,
+        "drift_share": None if f.drift is None else f.drift.drift_share,
+    }
+
+
+def _correct(p: Any) -> int:
+    return 0 if p is None else int(round(p.accuracy * p.n))
+
+
+def _class_psi(live: WindowFigures, cand: WindowFigures) -> float | None:
+    if live.prediction_drift is None or cand.prediction_drift is None:
+        return None
+    return psi(live.prediction_drift.class_share, cand.prediction_drift.class_share)
 
 
 def _live(runtime: ModelRuntime) -> str | None:

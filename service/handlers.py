@@ -26,6 +26,7 @@ from errors import (
     StateError,
 )
 from models import store
+from service.candidates import Shadow, route
 from service.fleet import Fleet
 from service.metrics import ServiceMetrics, observe_many
 from service.runtime import LoadedVersion, ModelRuntime, Prediction
@@ -37,8 +38,10 @@ from service.validation import (
     parse_ids,
     parse_instances,
 )
+from state.ids import SHADOW_SUFFIX, shadow_id
 from state.records import PredictionBatch
 from state.shared import SharedState
+from state.types import PROMOTE, Candidate, FeedbackRecord
 
 log = logging.getLogger("argus.service")
 
@@ -61,6 +64,7 @@ class ArgusCore:
         self.clock = clock
         self._n_classes: dict[tuple[str, str], int] = {}
         self._series: dict[tuple[str, str], _VersionSeries] = {}
+        self.shadow = Shadow(state, metrics)
 
     # -- predict ---------------------------------------------------------------------
 
@@ -74,21 +78,27 @@ class ArgusCore:
     ) -> dict[str, Any]:
         """Answer one request. ``typed``: ``instances`` already passed ``validation.Rows``;
         ``model``: the model's name (default ``ARGUS_MODEL``)."""
-        live = await self.serving(model)
+        runtime, live = await self.target(model)
         X = parse_instances(instances, live.n_features, self.settings.max_batch, typed=typed)
         client_ids = parse_ids(ids, len(X))
-        row_ids, pred = await self.predict_rows(live, X, client_ids)
-        return answer(live, row_ids, pred)
+        chosen = route(runtime, client_ids)  # the canary's share, or live
+        row_ids, pred = await self.predict_rows(chosen, X, client_ids)
+        self.shadow.offer(runtime, chosen, X, row_ids, self.clock())
+        return answer(chosen, row_ids, pred)
 
     async def serving(self, model: Any = None, version: str | None = None) -> LoadedVersion:
         """The version that answers: ``model``'s live one, or its stored ``version``
         (loaded, verified and cached on first use); 404 for an unknown model or version."""
-        if model is not None and (not isinstance(model, str) or not model):
-            raise RequestError(400, "bad_type", "'model' must be a non-empty string")
-        try:
-            runtime = self.fleet.get(model)
-        except ModelNotFoundError as exc:
-            raise RequestError(404, "unknown_model", str(exc)) from None
+        return (await self.target(model, version))[1]
+
+    async def target(
+        self, model: Any = None, version: str | None = None
+    ) -> tuple[ModelRuntime, LoadedVersion]:
+        """``model``'s runtime and the version ``serving`` gives."""
+        runtime = self._runtime(model)
+        return runtime, await self._loaded(runtime, version)
+
+    async def _loaded(self, runtime: ModelRuntime, version: str | None) -> LoadedVersion:
         if version is None:
             try:
                 return runtime.live
@@ -109,6 +119,12 @@ class ArgusCore:
         """Predict validated rows with ``live``, score them and make them durable before
         returning, whichever door (``/predict``, the inference protocol) they came in by."""
         if client_ids is not None:
+            for i, row_id in enumerate(client_ids):
+                if row_id.endswith(SHADOW_SUFFIX):
+                    raise RequestError(
+                        400, "bad_ids", f"ids[{i}] must not end with {SHADOW_SUFFIX!r} "
+                        "(kept for the rows a shadow predicts)",
+                    )  # fmt: skip
             await self._check_new_ids(client_ids)  # a reused id never reaches the model
         started = time.perf_counter()
         pred = live.predict(X)
@@ -198,17 +214,36 @@ class ArgusCore:
         except StateError as exc:
             self.metrics.state_errors.labels("feedback").inc()
             raise RequestError(503, "state_unavailable", f"feedback not recorded: {exc}") from None
-        for rec in result.accepted_records:
-            verdict = "correct" if rec.label == rec.true_label else "incorrect"
-            self.metrics.feedback.labels(rec.model, rec.version, verdict).inc()
-            self.metrics.label_delay.labels(rec.model, rec.version).observe(
-                max(0.0, (rec.feedback_t or now) - rec.t)
-            )
+        self._count_feedback(result.accepted_records, now)
+        await self._label_shadow_rows(result.accepted_records, now)
         return {
             "accepted": len(result.accepted),
             "unknown_ids": list(result.unknown_ids),
             "duplicate_ids": list(result.duplicate_ids),
         }
+
+    def _count_feedback(self, records: list[FeedbackRecord], now: float) -> None:
+        for rec in records:
+            verdict = "correct" if rec.label == rec.true_label else "incorrect"
+            self.metrics.feedback.labels(rec.model, rec.version, verdict).inc()
+            self.metrics.label_delay.labels(rec.model, rec.version).observe(
+                max(0.0, (rec.feedback_t or now) - rec.t)
+            )
+
+    async def _label_shadow_rows(self, records: list[FeedbackRecord], now: float) -> None:
+        """The same labels for the shadow's predictions of those rows, so both versions'
+        accuracy rests on the same rows. Rows no shadow predicted are simply unknown."""
+        shadowed_models = {n for n, r in self.fleet.runtimes.items() if r.had_shadow}
+        items = [(shadow_id(r.id), r.true_label) for r in records if r.model in shadowed_models]
+        if not items:  # no shadow ran in this worker's life: nothing to look for
+            return
+        try:
+            shadowed = await asyncio.to_thread(self.state.record_feedback, items, now)
+        except StateError as exc:  # the live labels are recorded: count, log, go on
+            self.metrics.state_errors.labels("feedback").inc()
+            log.error("labels of shadow rows not recorded: %s", exc)
+            return
+        self._count_feedback(shadowed.accepted_records, now)
 
     def _classes_of(self, model: str, version: str) -> int:
         key = (model, version)
@@ -235,6 +270,7 @@ class ArgusCore:
         runtime = self._runtime(model)
         name = runtime.name
         pointer = self.state.get_live(name)
+        candidate = self.state.get_candidate(name)
         versions = store.list_versions(name)
         live = pointer or (versions[-1].version if versions else None)
         return {
@@ -242,6 +278,9 @@ class ArgusCore:
             "models": sorted(self.fleet.names),
             "live": live,
             "serving": runtime.live.version if runtime.ready else None,
+            "serving_candidate": None
+            if runtime.candidate is None
+            else runtime.candidate[1].version,
             "versions": [
                 {
                     "version": v.version,
@@ -254,6 +293,7 @@ class ArgusCore:
                 for v in versions
             ],
             "history": [asdict(s) for s in self.state.history(name)],
+            "candidate": None if candidate is None else asdict(candidate),
         }
 
     def activate(
@@ -276,16 +316,91 @@ class ArgusCore:
             raise RequestError(503, "state_unavailable", f"nothing switched: {exc}") from None
         return self._switch(runtime, target, "rollback")
 
-    def _switch(self, runtime: ModelRuntime, version: str, reason: str) -> dict[str, Any]:
-        name = runtime.name
+    # -- candidates ------------------------------------------------------------------
+
+    def set_candidate(
+        self,
+        role: str,
+        version: Any,
+        share: Any,
+        authorization: str | None,
+        model: Any = None,
+    ) -> dict[str, Any]:
+        """Start (or, with no version or a zero share, end) the model's shadow or canary.
+
+        ``share``: the shadow's fraction of answered rows, or the canary's fraction of
+        requests (the HTTP canary endpoint takes a percent and divides it)."""
+        self._check_admin(authorization)
+        runtime = self._runtime(model)
+        if version is not None and (not isinstance(version, str) or not version):
+            raise RequestError(400, "bad_type", "'version' must be a non-empty string or null")
+        if isinstance(share, bool) or not isinstance(share, int | float):
+            raise RequestError(400, "bad_type", f"the {role}'s share must be a number")
+        if not 0.0 <= float(share) <= 1.0:
+            raise RequestError(400, "bad_share", f"the {role}'s share must be in [0, 1]")
+        current = self._candidate_of(runtime.name)
+        if version is None or float(share) == 0.0:
+            if current is not None and current.role == role:
+                self._write_candidate(runtime.name, None)
+            runtime.refresh()
+            return {"model": runtime.name, "candidate": None}
+        loaded = self._verified(runtime, version)
+        live = runtime.live if runtime.ready else None
+        if live is not None and loaded.version == live.version:
+            raise RequestError(409, "candidate_is_live", f"{version} is the live version")
+        if live is not None and (loaded.n_features, loaded.n_classes) != (
+            live.n_features,
+            live.n_classes,
+        ):
+            raise RequestError(
+                422,
+                "incompatible_candidate",
+                f"{runtime.name}:{loaded.version} takes {loaded.n_features} features and "
+                f"gives {loaded.n_classes} classes; the live version {live.n_features} and "
+                f"{live.n_classes}",
+            )
+        candidate = Candidate(role, loaded.version, float(share), self.clock())
+        self._write_candidate(runtime.name, candidate)
+        runtime.refresh()
+        log.info("%s of %s: %s at %.3f", role, runtime.name, loaded.version, candidate.share)
+        return {"model": runtime.name, "candidate": asdict(candidate)}
+
+    def promote(self, authorization: str | None, model: Any = None) -> dict[str, Any]:
+        """Make the shadow or canary live (reason ``promote``) and end it."""
+        self._check_admin(authorization)
+        runtime = self._runtime(model)
+        candidate = self._candidate_of(runtime.name)
+        if candidate is None:
+            raise RequestError(409, "no_candidate", f"{runtime.name} has no shadow or canary")
+        return self._switch(runtime, candidate.version, PROMOTE)
+
+    def _candidate_of(self, name: str) -> Candidate | None:
+        try:
+            return self.state.get_candidate(name)
+        except StateError as exc:
+            self.metrics.state_errors.labels("switch").inc()
+            raise RequestError(503, "state_unavailable", f"nothing changed: {exc}") from None
+
+    def _write_candidate(self, name: str, candidate: Candidate | None) -> None:
+        try:
+            self.state.set_candidate(name, candidate)
+        except StateError as exc:
+            self.metrics.state_errors.labels("switch").inc()
+            raise RequestError(503, "state_unavailable", f"nothing changed: {exc}") from None
+
+    def _verified(self, runtime: ModelRuntime, version: str) -> LoadedVersion:
         try:
             # verifies the files and builds a session; the store resolves aliases such as
             # "latest", so the pointer keeps the version actually loaded
-            version = runtime.load(version).version
+            return runtime.load(version)
         except ModelNotFoundError as exc:
             raise RequestError(404, "unknown_version", str(exc)) from None
         except (ModelVerificationError, ValueError, OSError) as exc:
             raise RequestError(422, "unverifiable_version", str(exc)) from None
+
+    def _switch(self, runtime: ModelRuntime, version: str, reason: str) -> dict[str, Any]:
+        name = runtime.name
+        version = self._verified(runtime, version).version
         previous = runtime.live.version if runtime.ready else None
         try:
             if reason == "rollback":
@@ -294,6 +409,9 @@ class ArgusCore:
                 newest = store.newest(name)
                 default = None if newest is None else newest.version
                 self.state.set_live(name, version, reason=reason, t=self.clock(), default=default)
+            candidate = self.state.get_candidate(name)
+            if candidate is not None and candidate.version == version:  # it is live now
+                self.state.set_candidate(name, None)
         except NoRollbackTargetError as exc:  # another process rolled back meanwhile
             raise RequestError(409, "no_previous_version", str(exc)) from None
         except StateError as exc:

@@ -33,6 +33,11 @@ class ServiceMetrics:
             "Labels joined to predictions, by whether the prediction was right.",
             [*mv, "result"],
         )
+        self.candidate_dropped = Counter(
+            "argus_candidate_dropped",
+            "Rows a shadow did not predict: its queue was full, or its output was not finite.",
+            mv,
+        )
         self.invalid_requests = Counter(
             "argus_invalid_requests", "Requests refused with a 4xx, by reason.", ["reason"]
         )

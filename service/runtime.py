@@ -22,6 +22,7 @@ import onnxruntime as ort
 from errors import ModelNotFoundError, ModelVerificationError
 from models import store
 from monitoring.profile import ReferenceProfile
+from state.types import SHADOW, Candidate
 
 log = logging.getLogger("argus.runtime")
 
@@ -85,8 +86,12 @@ class ModelRuntime:
         threads: int = 1,
         cache_size: int = 3,
         model_source: Path | None = None,
+        candidate: Callable[[], Candidate | None] = lambda: None,
     ) -> None:
         self.name = name
+        self._candidate_setting = candidate
+        self.candidate: tuple[Candidate, LoadedVersion] | None = None
+        self.had_shadow = False  # a shadow ran in this worker's life: labels credit it
         self.model_source = model_source
         self._live_version = live_version
         self.threads = threads
@@ -154,11 +159,37 @@ class ModelRuntime:
         return loaded
 
     def refresh(self) -> bool:
-        """Follow the pointer; returns True when the live version changed.
+        """Follow the pointer and the candidate; returns True when the live version
+        changed.
 
         A version that fails to load leaves the current one serving; the error is kept in
         ``last_error`` and logged once per distinct message.
         """
+        changed = self._follow_live()
+        self._follow_candidate()
+        return changed
+
+    def _follow_candidate(self) -> None:
+        """Load the shadow or canary the shared state names (``None`` ends it)."""
+        try:
+            setting = self._candidate_setting()
+        except Exception as exc:  # the state is away: keep what this worker had
+            log.error("candidate of %s not read: %s", self.name, exc)
+            return
+        if setting is None or (self._live is not None and setting.version == self._live.version):
+            self.candidate = None
+            return
+        self.had_shadow |= setting.role == SHADOW
+        if self.candidate is not None and self.candidate[0] == setting:
+            return
+        try:
+            self.candidate = (setting, self.load(setting.version))
+            log.info("%s of %s: %s", setting.role, self.name, setting.version)
+        except (ModelNotFoundError, ModelVerificationError, OSError, ValueError) as exc:
+            log.error("%s %s:%s not loaded: %s", setting.role, self.name, setting.version, exc)
+            self.candidate = None
+
+    def _follow_live(self) -> bool:
         try:
             target = self.target_version()
             if self._live is not None and self._live.version == target:
@@ -180,6 +211,7 @@ class ModelRuntime:
         return {
             "name": self.name,
             "live": self._live.version if self._live else None,
+            "candidate": None if self.candidate is None else self.candidate[0].__dict__,
             "loaded": list(self._cache),
             "last_error": self.last_error,
         }

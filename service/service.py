@@ -83,6 +83,19 @@ async def _get_monitoring(request: Request) -> JSONResponse:
         return _refusal(exc)
 
 
+async def _get_compare(request: Request) -> JSONResponse:
+    try:
+        if _EXPOSITION is None:
+            raise RequestError(503, "not_ready", "the service is starting")
+        model = request.query_params.get("model")
+        try:
+            return JSONResponse(await asyncio.to_thread(_EXPOSITION.compare, model))
+        except StateError as exc:
+            raise _state_unavailable("monitoring", exc) from None
+    except RequestError as exc:
+        return _refusal(exc)
+
+
 def _refusal(exc: RequestError) -> JSONResponse:
     """A GET route's error answer; a 4xx is counted like every other refusal."""
     if exc.status < 500:
@@ -94,6 +107,7 @@ read_api = Starlette(
     routes=[
         Route("/models", _get_models, methods=["GET"]),
         Route("/monitoring", _get_monitoring, methods=["GET"]),
+        Route("/monitoring/compare", _get_compare, methods=["GET"]),
         *v2.routes(_core),  # the Open Inference Protocol (service/v2.py)
     ]
 )
@@ -135,6 +149,7 @@ class Argus:
             return ModelRuntime(
                 name,
                 lambda: state.get_live(name),
+                candidate=lambda: state.get_candidate(name),
                 threads=settings.onnx_threads,
                 model_source=settings.model_source,
             )
@@ -229,6 +244,50 @@ class Argus:
         try:
             auth = ctx.request.headers.get("authorization")
             return await asyncio.to_thread(self.core.activate, version, auth, model)
+        except RequestError as exc:
+            return self._error(ctx, exc)
+
+    @bentoml.api(route="/models/shadow")
+    async def shadow(
+        self,
+        ctx: bentoml.Context,
+        version: str | None,
+        fraction: float = 1.0,
+        model: str | None = None,
+    ) -> dict[str, Any]:
+        """Run ``version`` as a shadow on ``fraction`` of the answered rows; ``null``
+        stops it (needs the admin token)."""
+        try:
+            auth = ctx.request.headers.get("authorization")
+            args = ("shadow", version, fraction, auth, model)
+            return await asyncio.to_thread(self.core.set_candidate, *args)
+        except RequestError as exc:
+            return self._error(ctx, exc)
+
+    @bentoml.api(route="/models/canary")
+    async def canary(
+        self,
+        ctx: bentoml.Context,
+        version: str | None,
+        percent: float,
+        model: str | None = None,
+    ) -> dict[str, Any]:
+        """Let ``version`` answer ``percent`` of the requests; 0 stops it (admin token)."""
+        try:
+            auth = ctx.request.headers.get("authorization")
+            if isinstance(percent, bool) or not 0 <= percent <= 100:
+                raise RequestError(400, "bad_share", "'percent' must be a number from 0 to 100")
+            args = ("canary", version, percent / 100.0, auth, model)
+            return await asyncio.to_thread(self.core.set_candidate, *args)
+        except RequestError as exc:
+            return self._error(ctx, exc)
+
+    @bentoml.api(route="/models/promote")
+    async def promote(self, ctx: bentoml.Context, model: str | None = None) -> dict[str, Any]:
+        """Make the shadow or canary live and end it (needs the admin token)."""
+        try:
+            auth = ctx.request.headers.get("authorization")
+            return await asyncio.to_thread(self.core.promote, auth, model)
         except RequestError as exc:
             return self._error(ctx, exc)
 

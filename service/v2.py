@@ -29,6 +29,7 @@ from starlette.routing import Route
 from errors import ModelNotFoundError
 from models import store
 from service import oip
+from service.candidates import route
 from service.handlers import ArgusCore
 from service.metrics import get_metrics
 from service.validation import RequestError
@@ -77,7 +78,7 @@ def routes(core: Callable[[], ArgusCore]) -> list[Route]:
     async def infer(request: Request) -> Response:
         name, version = _names(request)
         argus = core()
-        loaded = await argus.serving(name, version)
+        runtime, loaded = await argus.target(name, version)
         header = request.headers.get(oip.HEADER_LENGTH)
         try:
             header_length = None if header is None else int(header)
@@ -92,10 +93,12 @@ def routes(core: Callable[[], ArgusCore]) -> list[Route]:
         )
         X = np.ascontiguousarray(parsed.features, dtype=np.float32)
         ids = None if parsed.ids is None else list(parsed.ids)
-        row_ids, pred = await argus.predict_rows(loaded, X, ids)
+        chosen = route(runtime, ids) if version is None else loaded  # a canary's share
+        row_ids, pred = await argus.predict_rows(chosen, X, ids)
+        argus.shadow.offer(runtime, chosen, X, row_ids, argus.clock())
         body, headers = oip.encode_infer_response(
-            model_name=loaded.name,
-            model_version=loaded.version,
+            model_name=chosen.name,
+            model_version=chosen.version,
             request_id=parsed.id,
             outputs=_outputs(row_ids, pred),
             requested=parsed.outputs,

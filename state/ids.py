@@ -35,3 +35,18 @@ def new_ids(n: int, now: float | None = None) -> list[str]:
 
 _VERSION_7 = bytes(0x70 | (b & 0x0F) for b in range(256))
 _VARIANT_10 = bytes(0x80 | (b & 0x3F) for b in range(256))
+
+
+SHADOW_SUFFIX = "#shadow"
+"""Appended to a row's id to log a shadow's prediction of the same row beside it."""
+
+
+def shadow_id(row_id: str) -> str:
+    """The log id of a shadow's prediction of row ``row_id``.
+
+    Examples
+    --------
+    >>> shadow_id("req-1")
+    'req-1#shadow'
+    """
+    return row_id + SHADOW_SUFFIX

@@ -128,6 +128,8 @@ def test_grafana_reaches_prometheus_and_loads_the_dashboards(compose: dict[str, 
 
 # -- the dashboard ----------------------------------------------------------------------
 
+ROWS = ["Traffic", "Quality", "Candidates", "Drift", "Anomalies"]
+
 
 @pytest.fixture(scope="module")
 def dashboard() -> dict[str, Any]:
@@ -164,7 +166,7 @@ def test_every_panel_and_query_uses_the_datasource_variable(dashboard: dict[str,
 
 def test_dashboard_rows_and_layout(dashboard: dict[str, Any]) -> None:
     rows = [p["title"] for p in dashboard["panels"] if p["type"] == "row"]
-    assert rows == ["Traffic", "Quality", "Drift", "Anomalies"]
+    assert rows == ROWS
     cells: set[tuple[int, int]] = set()
     for p in dashboard["panels"]:
         g = p["gridPos"]
@@ -187,6 +189,11 @@ def test_dashboard_rows_and_layout(dashboard: dict[str, Any]) -> None:
         "argus_class_f1_ratio",
         "argus_label_coverage_ratio",
         "argus_label_delay_seconds_bucket",
+        "argus_candidate_info",
+        "argus_candidate_accuracy_delta",
+        "argus_candidate_agreement_ratio",
+        "argus_candidate_worse",
+        "argus_candidate_dropped_total",
         "argus_drift_share_ratio",
         "argus_drift_detected",
         "argus_multivariate_drift_statistic",
@@ -206,11 +213,12 @@ WINDOW_GAUGES = re.compile(
     r"\b(argus_model_info|argus_window_rows|argus_(?:estimated_)?accuracy_ratio"
     r"|argus_label_coverage_ratio|argus_macro_\w+_ratio|argus_class_\w+_ratio"
     r"|argus_feature_\w+|argus_drift_share_ratio|argus_drift_detected|argus_prediction_psi"
-    r"|argus_multivariate_drift_\w+"
+    r"|argus_multivariate_drift_\w+|argus_candidate_(?!dropped_total\b)\w+"
     r"|argus_prediction_chi2_pvalue|argus_confidence_psi|argus_anomaly_ratio)\b(?!:)"
 )
 SUMMED_COUNTERS = re.compile(
-    r"\b(argus_(?:predictions|anomalies|feedback|invalid_requests|state_errors)_total"
+    r"\b(argus_(?:predictions|anomalies|feedback|invalid_requests|state_errors"
+    r"|candidate_dropped)_total"
     r"|argus_\w+_bucket|bentoml_service_request_total|bentoml_service_request_duration_seconds_bucket)\b"
 )
 SHARED_COUNTERS = re.compile(r"\b(argus_model_switches_total)\b")
@@ -284,6 +292,7 @@ def test_expression_helpers() -> None:
         "ArgusNoTraffic",
         "ArgusErrorRateHigh",
         "ArgusLabelCoverageLow",
+        "ArgusCandidateWorse",
         "ArgusLiveVersionChanged",
         "ArgusDown",
     }
@@ -299,7 +308,17 @@ def test_alerts_carry_severity_and_tell_how_to_roll_back() -> None:
             if rule["alert"] != "ArgusDown":
                 assert "POST /models/rollback" in text and "ARGUS_ADMIN_TOKEN" in text
                 assert "argus status" in text or "argus models list" in text
-                assert re.search(r'row "(Traffic|Quality|Drift|Anomalies)"', text), rule["alert"]
+                rows = "|".join(ROWS)
+                assert re.search(rf'row "({rows})"', text), rule["alert"]
+            if rule["alert"] == "ArgusCandidateWorse":  # the way back is to end the candidate
+                for way in (
+                    "argus models canary --stop",
+                    "argus models shadow --stop",
+                    "POST /models/canary",
+                    "POST /models/shadow",
+                    "Never promote it",
+                ):
+                    assert way in text, way
 
 
 def test_recording_rules_follow_the_naming_convention() -> None:

@@ -1,7 +1,8 @@
 """Proof on a real Prometheus: every dashboard and rule expression parses and returns data.
 
 Two real ``argus serve`` replicas (two workers each, separate homes and stores, one shared
-state in a real Redis) get drift traffic with late labels from ``argus simulate``; a real
+state in a real Redis) get drift traffic with late labels from ``argus simulate``, with the
+older version of the first model running as its shadow on every row; a real
 ``prometheus`` scrapes both every second and evaluates both rule files every second, so
 every expression is proven with several instances: counters summed across them, window
 gauges (identical on each replica) taken once. Then every PromQL expression of the
@@ -10,15 +11,20 @@ dashboard (panels, annotation, variable queries) and of the rule files goes thro
 
 1. after the drift traffic: everything except what needs a live-version switch or a
    server that is down. The drift scenario genuinely trips the accuracy, estimate, drift,
-   anomaly and label-coverage alerts, so their expressions return data as written.
-2. after ``POST /models/activate`` of the version that got no traffic: the switch
-   annotation and alert, and the no-traffic alert (live version, no predictions).
+   anomaly and label-coverage alerts, so their expressions return data as written. The
+   shadow gives the candidate panels and rules their data; it must be checked here, since
+   phase 2 makes its version live, which ends it.
+2. after ``POST /models/activate`` of the version that answered no request (it only
+   shadowed, which ends the shadow): the switch annotation and alert, and the no-traffic
+   alert (live version, no predictions).
 3. after one replica is stopped: ``ArgusDown`` (``up == 0``).
 
-One alert expression is checked with its final comparison stripped: ``ArgusErrorRateHigh``
-(``... > 0.05``). Argus answers bad input with a 4xx and nothing here can make it answer
-5xx, so the 5xx share is 0 (BentoML creates the 500 series at 0) and only the comparison
-keeps it empty. Its firing is covered by promtool's unit tests.
+Two alert expressions are checked with their final comparison stripped:
+``ArgusErrorRateHigh`` (``... > 0.05``): Argus answers bad input with a 4xx and nothing here
+can make it answer 5xx, so the 5xx share is 0 (BentoML creates the 500 series at 0) and only
+the comparison keeps it empty; ``ArgusCandidateWorse`` (``... == 1``): the shadow is the
+same trained model as the live version, so it is never worse. Their firing is covered by
+promtool's unit tests.
 
 Without the prometheus/promtool binaries the tests skip, unless
 ``ARGUS_REQUIRE_PROMETHEUS=1`` makes that a failure.
@@ -59,7 +65,7 @@ pytestmark = pytest.mark.integration
 TOKEN = "obs-admin-token"
 SWITCH_PHASE = {"ArgusLiveVersionChanged", "ArgusNoTraffic", "Live-version switches"}
 DOWN_PHASE = {"ArgusDown"}
-STRIPPED = {"ArgusErrorRateHigh"}  # see the module docstring
+STRIPPED = {"ArgusErrorRateHigh", "ArgusCandidateWorse"}  # see the module docstring
 
 
 def binary(name: str) -> str:
@@ -86,7 +92,7 @@ def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProces
 def test_promtool_checks_rules_config_and_unit_tests() -> None:
     rules = promtool("check", "rules", *(str(p) for p in RULES))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 31 rules found" in rules.stdout and "SUCCESS: 10 rules found" in rules.stdout
+    assert "SUCCESS: 34 rules found" in rules.stdout and "SUCCESS: 11 rules found" in rules.stdout
     for config in ("prometheus/prometheus.yml", "prometheus/prometheus-compose.yml"):
         checked = promtool("check", "config", config)
         assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -109,6 +115,7 @@ class Stack:
     versions: list[StoredVersion]
     simulate_output: str
     other: StoredVersion  # a second model served beside the first, with clean traffic
+    # versions[0], the older version, runs as the first model's shadow during the traffic
 
     @property
     def server(self) -> ArgusServer:
@@ -201,6 +208,28 @@ def other(outcome: Any) -> StoredVersion:
     return publish(outcome, f"obs2-{uuid.uuid4().hex[:8]}")
 
 
+def start_shadow(servers: list[ArgusServer], shadow: StoredVersion) -> None:
+    """Make ``shadow`` (not the live version) the shadow of its model on every row, through
+    one replica, and wait until every replica runs it (they share the state)."""
+    r = httpx.post(
+        f"{servers[0].url}/models/shadow",
+        json={"model": shadow.name, "version": shadow.version, "fraction": 1.0},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["candidate"]["role"] == "shadow", r.text
+    for srv in servers:
+        deadline = time.monotonic() + 20
+        while True:
+            models = httpx.get(f"{srv.url}/models", params={"model": shadow.name}, timeout=10)
+            if models.json().get("serving_candidate") == shadow.version:
+                break
+            assert time.monotonic() < deadline, f"{srv.url} runs no shadow: {models.text}"
+            time.sleep(0.25)
+    time.sleep(1.0)  # the other worker of each replica polls every 0.5 s
+
+
 @pytest.fixture(scope="module")
 def stack(
     binaries: tuple[str, str],
@@ -224,6 +253,7 @@ def stack(
         for srv in servers:
             srv.start()
         prom.start()
+        start_shadow(servers, versions[0])
         # drift for 15 s on each replica, 8% of the predictions labelled 2 s later, 5%
         # malformed requests
         sims = [
@@ -380,15 +410,40 @@ def test_every_expression_returns_data(stack: tuple[Stack, Prometheus]) -> None:
     total = sum(float(s["value"][1]) for s in per_instance)
     summed = prom.query(f'sum(argus_predictions_total{{model="{st.model}"}})')
     assert float(summed["data"]["result"][0]["value"][1]) == total
-    gauges = prom.query(f'argus_drift_share_ratio{{model="{st.model}"}}')["data"]["result"]
+    mv = f'model="{st.model}", version="{live.version}"'  # the shadow has its own series
+    gauges = prom.query(f"argus_drift_share_ratio{{{mv}}}")["data"]["result"]
     assert len(gauges) == 2 and len({g["value"][1] for g in gauges}) == 1  # identical
-    once = prom.query(f'model_version:argus_drift_share_ratio:max{{model="{st.model}"}}')
+    once = prom.query(f"model_version:argus_drift_share_ratio:max{{{mv}}}")
     assert {r["value"][1] for r in once["data"]["result"]} == {gauges[0]["value"][1]}
 
-    # the second model: every dashboard panel and rule answers for it too, apart
+    # the shadow: one candidate, taken once across replicas, and it is the older version
+    info = prom.query(f'argus_candidate_info{{model="{st.model}"}}')["data"]["result"]
+    assert {(s["metric"]["version"], s["metric"]["role"]) for s in info} == {
+        (old.version, "shadow")
+    }
+    assert {s["metric"]["instance"] for s in info} == {
+        f"127.0.0.1:{srv.port}" for srv in st.servers
+    }
+    agreement = prom.query("model_version:argus_candidate_agreement_ratio:max")["data"]["result"]
+    assert [(r["metric"]["model"], r["metric"]["version"]) for r in agreement] == [
+        (st.model, old.version)
+    ]
+    # the same trained model on the same rows: it agrees with live and is not worse
+    assert float(agreement[0]["value"][1]) == 1.0
+    worse = prom.query("model_version:argus_candidate_worse:max")["data"]["result"]
+    assert [float(r["value"][1]) for r in worse] == [0.0]
+
+    # the second model: every dashboard panel and rule answers for it too, apart from the
+    # candidate panels: it has no shadow nor canary, and the first model's must not show
     second = {"model": st.other.name, "version": st.other.version, "feature": feature}
-    run_until_data(prom, [(e, prepared(e, second)) for e in phases["traffic"]], 30)
-    drift = prom.query("model_version:argus_drift_detected:max")["data"]["result"]
+    items = [(e, prepared(e, second)) for e in phases["traffic"]]
+    no_candidate = [(e, q) for e, q in items if e.kind == "panel" and "argus_candidate_" in e.expr]
+    assert len(no_candidate) >= 6
+    run_until_data(prom, [item for item in items if item not in no_candidate], 30)
+    for e, query in no_candidate:
+        assert prom.query(query)["data"]["result"] == [], f"{e.where} for {st.other.name}"
+    live_only = "and on (model, version) model_version:argus_model_info_live:max"
+    drift = prom.query(f"model_version:argus_drift_detected:max {live_only}")["data"]["result"]
     by_model = {r["metric"]["model"]: float(r["value"][1]) for r in drift}
     assert by_model == {st.model: 1.0, st.other.name: 0.0}  # the drift stays with its model
 

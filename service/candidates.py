@@ -1,0 +1,159 @@
+"""Candidates on live traffic, in one worker: the canary's share of requests, and the
+shadow that predicts answered rows off the response path.
+
+A **canary** answers ``share`` of the requests: the same rows' ids always go to the same
+version (a hash of the request's first id), a request without ids is chosen at random.
+A **shadow** predicts ``share`` of the rows the live version answered, after the answer
+has left: the rows wait in a bounded queue for this worker's shadow task, which runs the
+candidate in a thread and logs its predictions under the candidate's version, each row
+under its live id plus ``state.ids.SHADOW_SUFFIX``, so a label for the row joins both. When
+the queue is full the rows are dropped and counted (``argus_candidate_dropped_total``):
+a shadow that cannot keep up never delays answers nor grows memory without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections.abc import Callable
+
+import numpy as np
+
+from errors import StateError
+from service.metrics import ServiceMetrics
+from service.runtime import LoadedVersion, ModelRuntime
+from state.ids import shadow_id
+from state.records import PredictionBatch
+from state.shared import SharedState
+from state.types import CANARY, SHADOW
+
+log = logging.getLogger("argus.candidates")
+
+MAX_PENDING = 64
+"""Requests' worth of rows a worker's shadow queue holds before it drops."""
+
+
+def route(
+    runtime: ModelRuntime, ids: list[str] | None, draw: Callable[[], float] = random.random
+) -> LoadedVersion:
+    """The version that answers a request to ``runtime``'s model: its canary for
+    ``share`` of the requests, the live version otherwise."""
+    live = runtime.live
+    candidate = runtime.candidate
+    if candidate is None or candidate[0].role != CANARY:
+        return live
+    setting, loaded = candidate
+    return loaded if sticky_draw(ids, draw) < setting.share else live
+
+
+def sticky_draw(ids: list[str] | None, draw: Callable[[], float] = random.random) -> float:
+    """A number in [0, 1): a hash of the first id when there are ids, else ``draw()``."""
+    if not ids:
+        return draw()
+    digest = hashlib.blake2b(ids[0].encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+class Shadow:
+    """This worker's shadow queue and the task that empties it."""
+
+    def __init__(
+        self,
+        state: SharedState,
+        metrics: ServiceMetrics,
+        *,
+        max_pending: int = MAX_PENDING,
+        seed: int | None = None,
+    ) -> None:
+        self.state = state
+        self.metrics = metrics
+        self.max_pending = max_pending
+        self.rng = np.random.default_rng(seed)
+        self._queue: asyncio.Queue[tuple[LoadedVersion, np.ndarray, list[str], float]] | None
+        self._queue = None
+        self._task: asyncio.Task[None] | None = None
+        self._started: set[tuple[str, str]] = set()
+
+    def offer(
+        self,
+        runtime: ModelRuntime,
+        answered: LoadedVersion,
+        X: np.ndarray,
+        row_ids: list[str],
+        t: float,
+    ) -> int:
+        """Queue ``share`` of the rows ``answered`` (the live version) just answered for
+        the model's shadow; the number of rows queued. Call from the event loop."""
+        candidate = runtime.candidate
+        if candidate is None or candidate[0].role != SHADOW:
+            return 0
+        setting, loaded = candidate
+        if (loaded.name, loaded.version) not in self._started:  # the series reads 0 at once
+            self.metrics.candidate_dropped.labels(loaded.name, loaded.version)
+            self._started.add((loaded.name, loaded.version))
+        if runtime.ready and answered is not runtime.live:
+            return 0  # a canary's or an explicitly asked version's rows
+        if setting.share >= 1.0:
+            picked = np.arange(len(row_ids))
+        else:
+            picked = np.flatnonzero(self.rng.random(len(row_ids)) < setting.share)
+        if not len(picked):
+            return 0
+        if self._queue is None:
+            self._queue = asyncio.Queue(maxsize=self.max_pending)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        try:
+            self._queue.put_nowait((loaded, X[picked], [row_ids[i] for i in picked], t))
+        except asyncio.QueueFull:
+            self.metrics.candidate_dropped.labels(loaded.name, loaded.version).inc(len(picked))
+            return 0
+        return len(picked)
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        while True:
+            loaded, X, ids, t = await self._queue.get()
+            try:
+                await self._predict_and_log(loaded, X, ids, t)
+            except Exception:  # keep the task alive whatever one batch did
+                log.exception("shadow %s:%s failed on a batch", loaded.name, loaded.version)
+            finally:
+                self._queue.task_done()
+
+    async def _predict_and_log(
+        self, loaded: LoadedVersion, X: np.ndarray, ids: list[str], t: float
+    ) -> None:
+        pred = await asyncio.to_thread(loaded.predict, X)
+        finite = np.isfinite(pred.probabilities).all(axis=1) & np.isfinite(pred.anomaly_scores)
+        if not finite.all():  # rows the candidate cannot score are not logged: counted
+            self.metrics.candidate_dropped.labels(loaded.name, loaded.version).inc(
+                int((~finite).sum())
+            )
+        keep = np.flatnonzero(finite)
+        if not len(keep):
+            return
+        batch = PredictionBatch(
+            model=loaded.name,
+            version=loaded.version,
+            t=t,
+            ids=[shadow_id(ids[i]) for i in keep],
+            labels=pred.labels[keep],
+            confidences=pred.confidences[keep],
+            probabilities=pred.probabilities[keep],
+            anomaly_scores=pred.anomaly_scores[keep],
+            anomalous=pred.anomalous[keep],
+            inputs=X[keep],
+        )
+        try:
+            await self.state.record_answered(batch)
+        except StateError as exc:
+            self.metrics.state_errors.labels("record").inc()
+            log.error("shadow predictions not logged: %s", exc)
+
+    async def drain(self) -> None:
+        """Wait until every queued row is predicted and logged (tests, shutdown)."""
+        if self._queue is not None:
+            await self._queue.join()
