@@ -72,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--top", type=_positive, default=10, help="how many drifted features to list"
     )
     status.add_argument("--json", action="store_true", help="print the raw /monitoring JSON")
+    status.add_argument(
+        "--history",
+        type=float,
+        nargs="?",
+        const=3600.0,
+        metavar="SECONDS",
+        help="the figures' history over the last SECONDS (default 3600) instead",
+    )
     status.set_defaults(func=cmd_status)
 
     sim = sub.add_parser(
@@ -131,6 +139,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
     params = {k: v for k, v in (("model", args.model), ("version", args.version)) if v}
+    if args.history is not None:
+        return _status_history(url, params, args)
     try:
         response = httpx.get(f"{url}/monitoring", params=params, timeout=10)
     except httpx.HTTPError as exc:
@@ -155,6 +165,29 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(render_status(snapshot, top=args.top))
         if compared and compared.get("candidate"):
             print(render_comparison(compared))
+    return 0
+
+
+def _status_history(url: str, params: dict[str, str], args: argparse.Namespace) -> int:
+    import time
+
+    import httpx
+
+    from argus.status import render_history
+
+    if not args.history > 0:
+        raise ArgusError(f"--history takes a number of seconds > 0, got {args.history}")
+    query = {**params, "since": str(time.time() - args.history)}
+    try:
+        response = httpx.get(f"{url}/monitoring/history", params=query, timeout=10)
+    except httpx.HTTPError as exc:
+        raise ArgusError(f"cannot reach {url}: {exc}") from None
+    if response.status_code != 200:
+        raise ArgusError(
+            f"{url}/monitoring/history answered {response.status_code}: {response.text}"
+        )
+    doc = response.json()
+    print(json.dumps(doc, indent=2) if args.json else render_history(doc))
     return 0
 
 

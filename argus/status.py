@@ -113,3 +113,33 @@ def render_comparison(doc: dict[str, Any]) -> str:
         f"{pairs})"
     )
     return "\n".join(lines)
+
+
+def render_history(doc: dict[str, Any]) -> str:
+    """``/monitoring/history`` as a compact table, oldest first, with the switches."""
+    import time
+
+    header = (
+        f"{'time':<9} {'version':<10} {'accuracy':>8} {'estimate':>8} {'f1':>6} "
+        f"{'drift':>6} {'anomaly':>7} {'pred/s':>7}"
+    )
+    rows: list[tuple[float, str]] = []
+    for p in doc["points"]:
+        rate = p.get("predictions_per_s")
+        rows.append((
+            p["t"],
+            f"{time.strftime('%H:%M:%S', time.localtime(p['t'])):<9} {p['version'][:10]:<10} "
+            f"{_num(p.get('accuracy')):>8} {_num(p.get('estimated_accuracy')):>8} "
+            f"{_num(p.get('macro_f1'), 3):>6} {_pct(p.get('drift_share')):>6} "
+            f"{_pct(p.get('anomaly_ratio')):>7} {'-' if rate is None else f'{rate:.1f}':>7}",
+        ))  # fmt: skip
+    for e in doc["events"]:
+        clock = time.strftime("%H:%M:%S", time.localtime(e["t"]))
+        rows.append(
+            (e["t"], f"{clock:<9} -- {e['reason']}: {e['version']} live (was {e['previous']})")
+        )
+    if not rows:
+        return f"{doc['model']}: no history yet (a point every ARGUS_HISTORY_SECONDS)"
+    return "\n".join(
+        [f"{doc['model']}", header] + [line for _, line in sorted(rows, key=lambda r: r[0])]
+    )

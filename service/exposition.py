@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from models import store
-from monitoring.binned import psi
+from monitoring.binned import bin_counts, psi
 from monitoring.compare import paired_figures, two_proportion_worse
 from monitoring.profile import ReferenceProfile
 from monitoring.windows import WindowFigures
@@ -94,6 +94,68 @@ class MetricsExposition:
                 404, "unknown_version", f"no version {name}:{target} in the store"
             ) from None
         return {"live": live, "generated_at": time.time(), **figures.to_dict()}
+
+    # -- what the console draws -------------------------------------------------------
+
+    def _target(self, model: str | None, version: str | None) -> tuple[str, str]:
+        try:
+            runtime = self.fleet.get(model or None)
+        except LookupError as exc:
+            raise RequestError(404, "unknown_model", str(exc)) from None
+        target = version or _live(runtime)
+        if target is None:
+            raise RequestError(503, "no_model", f"no version of {runtime.name} is being served")
+        try:
+            return runtime.name, store.get_version(runtime.name, target).version
+        except LookupError:
+            raise RequestError(
+                404, "unknown_version", f"no version {runtime.name}:{target} in the store"
+            ) from None
+
+    def feature(self, model: str | None, version: str | None, index: int) -> dict[str, Any]:
+        """One feature's input-window histogram on the reference's bins, beside the
+        reference's (``GET /monitoring/feature``)."""
+        name, version = self._target(model, version)
+        profile = self._profile(name, version)
+        if not 0 <= index < profile.n_features:
+            raise RequestError(
+                404, "unknown_feature", f"feature {index} is not in 0..{profile.n_features - 1}"
+            )
+        inputs = self.state.input_window(name, version, self.settings.input_window)
+        column = inputs[:, index] if len(inputs) else np.empty(0)
+        edges = np.asarray(profile.edges[index], dtype=np.float64)
+        current = bin_counts(column.astype(np.float32), edges) if len(column) else None
+        return {
+            "model": name,
+            "version": version,
+            "index": index,
+            "name": profile.feature_names[index],
+            "edges": edges.tolist(),
+            "reference_counts": np.asarray(profile.reference_counts[index]).tolist(),
+            "current_counts": None if current is None else current.tolist(),
+            "rows": int(len(column)),
+        }
+
+    def scores(self, model: str | None, version: str | None, bins: int = 30) -> dict[str, Any]:
+        """The input window's anomaly-score histogram and the threshold
+        (``GET /monitoring/scores``)."""
+        name, version = self._target(model, version)
+        threshold = float(self._profile(name, version).anomaly.threshold_)
+        window = self.state.prediction_window(name, version, self.settings.input_window)
+        scores = np.asarray(window.anomaly_scores, dtype=np.float64)
+        if not len(scores):
+            return {"model": name, "version": version, "threshold": threshold, "edges": [],
+                    "counts": [], "rows": 0}  # fmt: skip
+        top = max(float(np.quantile(scores, 0.99)), threshold) * 1.2
+        counts, edges = np.histogram(np.minimum(scores, top), bins=bins, range=(0.0, top))
+        return {
+            "model": name,
+            "version": version,
+            "threshold": threshold,
+            "edges": edges.tolist(),
+            "counts": counts.tolist(),  # the last bin holds every score above its edge
+            "rows": int(len(scores)),
+        }
 
     # -- candidate against live -------------------------------------------------------
 

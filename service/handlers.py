@@ -266,6 +266,17 @@ class ArgusCore:
         except ModelNotFoundError as exc:
             raise RequestError(404, "unknown_model", str(exc)) from None
 
+    def card(self, model: Any, version: Any) -> dict[str, Any]:
+        """A stored version's model card (``GET /models/card``)."""
+        runtime = self._runtime(model)
+        if not isinstance(version, str) or not version:
+            raise RequestError(400, "bad_type", "'version' must be a non-empty string")
+        try:
+            stored = store.get_version(runtime.name, version)
+        except ModelNotFoundError as exc:
+            raise RequestError(404, "unknown_version", str(exc)) from None
+        return {"model": runtime.name, "version": stored.version, "card": stored.card.to_dict()}
+
     def models(self, model: Any = None) -> dict[str, Any]:
         runtime = self._runtime(model)
         name = runtime.name

@@ -64,7 +64,7 @@ class ServiceMetrics:
         )
 
 
-STATE_OPERATIONS = ("record", "lookup", "feedback", "switch", "ingest", "prune")
+STATE_OPERATIONS = ("record", "lookup", "feedback", "switch", "ingest", "prune", "history")
 KNOWN_REASONS = (
     "schema", "bad_type", "empty_batch", "too_many_rows", "row_length", "not_numeric",
     "not_finite", "bad_ids", "duplicate_ids", "bad_label", "body_too_large",

@@ -26,6 +26,7 @@ from service import logs, prometheus_files, timeout, v2
 from service.exposition import MetricsExposition
 from service.fleet import Fleet
 from service.handlers import ArgusCore
+from service.history import HistoryWriter, history_document
 from service.metrics import get_metrics
 from service.middleware import LimitsMiddleware
 from service.runtime import ModelRuntime
@@ -96,6 +97,69 @@ async def _get_compare(request: Request) -> JSONResponse:
         return _refusal(exc)
 
 
+async def _get_history(request: Request) -> JSONResponse:
+    try:
+        core = _core()
+        query = request.query_params
+        try:
+            name = core.fleet.get(query.get("model") or None).name
+        except LookupError as exc:
+            raise RequestError(404, "unknown_model", str(exc)) from None
+        try:
+            since = float(query.get("since") or 0.0)
+        except ValueError:
+            raise RequestError(400, "bad_type", "'since' must be a Unix time") from None
+        version = query.get("version") or None
+        try:
+            doc = await asyncio.to_thread(history_document, core.state, name, since, version)
+        except StateError as exc:
+            raise _state_unavailable("monitoring", exc) from None
+        return JSONResponse(doc)
+    except RequestError as exc:
+        return _refusal(exc)
+
+
+async def _get_feature(request: Request) -> JSONResponse:
+    try:
+        if _EXPOSITION is None:
+            raise RequestError(503, "not_ready", "the service is starting")
+        q = request.query_params
+        try:
+            index = int(q.get("feature", ""))
+        except ValueError:
+            raise RequestError(400, "bad_type", "'feature' must be a feature index") from None
+        args = (q.get("model"), q.get("version"), index)
+        try:
+            return JSONResponse(await asyncio.to_thread(_EXPOSITION.feature, *args))
+        except StateError as exc:
+            raise _state_unavailable("monitoring", exc) from None
+    except RequestError as exc:
+        return _refusal(exc)
+
+
+async def _get_scores(request: Request) -> JSONResponse:
+    try:
+        if _EXPOSITION is None:
+            raise RequestError(503, "not_ready", "the service is starting")
+        q = request.query_params
+        try:
+            doc = await asyncio.to_thread(_EXPOSITION.scores, q.get("model"), q.get("version"))
+        except StateError as exc:
+            raise _state_unavailable("monitoring", exc) from None
+        return JSONResponse(doc)
+    except RequestError as exc:
+        return _refusal(exc)
+
+
+async def _get_card(request: Request) -> JSONResponse:
+    try:
+        q = request.query_params
+        doc = await asyncio.to_thread(_core().card, q.get("model") or None, q.get("version"))
+        return JSONResponse(doc)
+    except RequestError as exc:
+        return _refusal(exc)
+
+
 def _refusal(exc: RequestError) -> JSONResponse:
     """A GET route's error answer; a 4xx is counted like every other refusal."""
     if exc.status < 500:
@@ -108,6 +172,10 @@ read_api = Starlette(
         Route("/models", _get_models, methods=["GET"]),
         Route("/monitoring", _get_monitoring, methods=["GET"]),
         Route("/monitoring/compare", _get_compare, methods=["GET"]),
+        Route("/monitoring/history", _get_history, methods=["GET"]),
+        Route("/monitoring/feature", _get_feature, methods=["GET"]),
+        Route("/monitoring/scores", _get_scores, methods=["GET"]),
+        Route("/models/card", _get_card, methods=["GET"]),
         *v2.routes(_core),  # the Open Inference Protocol (service/v2.py)
     ]
 )
@@ -168,6 +236,7 @@ class Argus:
             log.error("no servable version of %s yet: %s", settings.model, fleet.get().last_error)
         self.core = ArgusCore(settings, state, fleet, get_metrics())
         self.exposition = MetricsExposition(settings, state, fleet)
+        self.history = HistoryWriter(settings, state, self.exposition, fleet)
         _CORE, _EXPOSITION = self.core, self.exposition
         self._worker = str(os.getpid())  # x-argus-worker: which process answered
         log.info("worker %d serving %s", os.getpid(), fleet.describe())
@@ -180,6 +249,22 @@ class Argus:
     @bentoml.on_startup
     async def _follow_live_pointer(self) -> None:
         self._poller = asyncio.get_running_loop().create_task(self._poll())
+        if self.core.settings.history_seconds > 0:
+            self._historian = asyncio.get_running_loop().create_task(self._write_history())
+
+    async def _write_history(self) -> None:
+        """Every ``ARGUS_HISTORY_SECONDS``, a point per served version, if this worker
+        holds the history lease (``service/history.py``)."""
+        interval = self.core.settings.history_seconds
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.history.tick)
+            except StateError as exc:
+                self.core.metrics.state_errors.labels("history").inc()
+                log.error("figures' history not written: %s", exc)
+            except Exception:  # keep writing whatever one round did
+                log.exception("figures' history not written")
 
     async def _poll(self) -> None:
         interval = self.core.settings.poll_seconds

@@ -45,6 +45,9 @@ class Settings:
     metrics_cache_seconds: float = 1.0
     state_busy_timeout: float = 5.0
     model_source: Path | None = None
+    history_seconds: float = 10.0
+    history_retention_seconds: float = 7 * 24 * 3600.0
+    history_points: int = 10_000
 
     @property
     def bentoml_home(self) -> Path:
@@ -87,6 +90,12 @@ class Settings:
         for name in ("input_window", "label_window"):
             if int(getattr(self, name)) < 0:
                 raise SettingsError(f"ARGUS_{name.upper()} must be >= 0")
+        if not self.history_seconds >= 0:
+            raise SettingsError("ARGUS_HISTORY_SECONDS must be >= 0 (0 turns the history off)")
+        if not self.history_retention_seconds > 0 or self.history_points < 1:
+            raise SettingsError(
+                "ARGUS_HISTORY_RETENTION_SECONDS must be > 0 and ARGUS_HISTORY_POINTS >= 1"
+            )
         if not self.state_busy_timeout >= 0:
             raise SettingsError("ARGUS_STATE_BUSY_TIMEOUT must be >= 0 (seconds)")
         if not self.model or ":" in self.model:

@@ -61,6 +61,7 @@ class RedisConnection:
         self.prune = script(lua.PRUNE)
         self.prune_rings = script(lua.PRUNE_RINGS)
         self.switch = script(lua.SWITCH)
+        self.lease = script(lua.LEASE)
 
 
 class RedisDB:

@@ -173,3 +173,11 @@ redis.call('HSET', KEYS[1], 'version', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'serial', 1)
 return 1
 """
+
+# KEYS: the lease. ARGV: holder, ttl in ms. 1 when the holder has it (taken or renewed).
+LEASE = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
+return 1
+"""

@@ -76,6 +76,7 @@ from state.types import (
     Counts,
     FeedbackRecord,
     FeedbackResult,
+    FiguresPoint,
     LabelledWindow,
     LiveMarker,
     PredictionWindow,
@@ -352,6 +353,36 @@ class RedisState(Backend):
         with self._db.use("read recent ids") as conn:
             ids = conn.client.lrange(self._version_key(model, version) + "p", -n, -1)
         return [i.decode() for i in ids]
+
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        """Redis expires the lease itself (``PX``); ``now`` is not needed."""
+        key = f"{self.prefix}lease:{_escape(name)}"
+        with self._db.use("take a lease") as conn:
+            return bool(
+                conn.lease(keys=[key], args=[holder, max(1, int(ttl * 1000))], client=conn.client)
+            )
+
+    def record_figures(self, point: FiguresPoint, keep_seconds: float, keep_points: int) -> None:
+        key = f"{self.prefix}fig:{_escape(point.model)}"
+        member = json.dumps(
+            {"v": point.version, "f": point.figures, "n": os.urandom(4).hex()}, allow_nan=False
+        )
+        with self._db.use("record the figures' history") as conn:
+            pipe = conn.client.pipeline(transaction=True)
+            pipe.zadd(key, {member: float(point.t)})
+            pipe.zremrangebyscore(key, "-inf", f"({float(point.t) - keep_seconds!r}")
+            pipe.zremrangebyrank(key, 0, -int(keep_points) - 1)
+            pipe.execute()
+
+    def figures_since(self, model: str, since: float) -> list[FiguresPoint]:
+        key = f"{self.prefix}fig:{_escape(model)}"
+        with self._db.use("read the figures' history") as conn:
+            found = conn.client.zrangebyscore(key, repr(float(since)), "+inf", withscores=True)
+        points = []
+        for member, t in found:
+            d = json.loads(member)
+            points.append(FiguresPoint(model, d["v"], float(t), d["f"]))
+        return points
 
     def history(self, model: str) -> list[Switch]:
         with self._db.use("read the live history") as conn:

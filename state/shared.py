@@ -58,6 +58,7 @@ from state.types import (
     Counts,
     ErrorHook,
     FeedbackResult,
+    FiguresPoint,
     LabelledWindow,
     LiveMarker,
     PredictionWindow,
@@ -175,6 +176,15 @@ class SharedState:
     def recent_ids(self, model: str, version: str, n: int) -> list[str]:
         self.ingest()
         return self.inner.recent_ids(model, version, n)
+
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        return self.inner.acquire_lease(name, holder, ttl, now)
+
+    def record_figures(self, point: FiguresPoint, keep_seconds: float, keep_points: int) -> None:
+        self.inner.record_figures(point, keep_seconds, keep_points)
+
+    def figures_since(self, model: str, since: float) -> list[FiguresPoint]:
+        return self.inner.figures_since(model, since)
 
     def rollback(self, model: str, t: float) -> str:
         return self.inner.rollback(model, t)

@@ -28,10 +28,17 @@ Schema (version 2)::
         rows of one block. Index ``ring_version (vid)``.
     live, switches, schema_version
         the live pointer, its history, the schema version.
+    candidates (model PRIMARY KEY, role, version, share, t)
+        each model's shadow or canary.
+    leases (name PRIMARY KEY, holder, expires)
+        which process does a job that one process does at a time (the history writer).
+    figures (seq INTEGER PRIMARY KEY, model, version, t, doc)
+        the figures' history: one JSON point per version and cadence. Index
+        ``figures_model_t (model, t)``.
 
-
-A database of another schema version is refused with a ``StateError`` (an older one: move
-the file away and a new one is made). ``state/sqlite_blocks.py`` writes and deletes
+A database of a newer schema version is refused with a ``StateError``; an older one is
+upgraded in place when its difference is only added tables (from version 2), else refused
+(move the file away and a new one is made). ``state/sqlite_blocks.py`` writes and deletes
 these rows; ``state/sqlite_store.py`` answers the ``StateStore`` methods from them.
 
 Connections: one per thread per process, opened lazily (``check_same_thread=False`` only
@@ -68,14 +75,22 @@ from pathlib import Path
 
 from errors import StateError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _CANDIDATES = """
 CREATE TABLE candidates (
     model TEXT PRIMARY KEY, role TEXT NOT NULL, version TEXT NOT NULL, share REAL NOT NULL,
     t REAL NOT NULL)"""
-_UPGRADES = {2: _CANDIDATES}  # from version: what makes it the next one (tables added only)
+_FIGURES = """
+CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE figures (
+    seq INTEGER PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, t REAL NOT NULL,
+    doc TEXT NOT NULL);
+CREATE INDEX figures_model_t ON figures (model, t)"""
+_UPGRADES = {2: _CANDIDATES, 3: _FIGURES}  # from version: the tables the next one adds
 _SCHEMA = (
     _CANDIDATES
+    + ";"
+    + _FIGURES
     + ";"
     + """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
@@ -220,7 +235,8 @@ class SQLiteFile:
                 try:
                     now = schema_version(conn)
                     if now == found:
-                        conn.execute(_UPGRADES[found])
+                        for statement in _UPGRADES[found].split(";"):
+                            conn.execute(statement)
                         conn.execute("INSERT INTO schema_version VALUES (?)", (found + 1,))
                     conn.execute("COMMIT")
                 except BaseException:

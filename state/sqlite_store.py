@@ -37,6 +37,7 @@ from state.types import (
     Counts,
     FeedbackRecord,
     FeedbackResult,
+    FiguresPoint,
     LabelledWindow,
     LiveMarker,
     PredictionWindow,
@@ -347,6 +348,42 @@ class SQLiteState(Backend):
                         break
                 cursor.close()
         return [id_ for part in reversed(parts) for id_ in part]
+
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        with self._use("take a lease", write=True) as conn:
+            row = conn.execute(
+                "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                "SET holder = excluded.holder, expires = excluded.expires "
+                "WHERE leases.holder = excluded.holder OR leases.expires <= ? "
+                "RETURNING holder",
+                (name, holder, float(now) + float(ttl), float(now)),
+            ).fetchone()
+        return row is not None
+
+    def record_figures(self, point: FiguresPoint, keep_seconds: float, keep_points: int) -> None:
+        doc = json.dumps(point.figures, allow_nan=False)
+        with self._use("record the figures' history", write=True) as conn:
+            conn.execute(
+                "INSERT INTO figures (model, version, t, doc) VALUES (?, ?, ?, ?)",
+                (point.model, point.version, float(point.t), doc),
+            )
+            conn.execute(
+                "DELETE FROM figures WHERE model = ? AND t < ?",
+                (point.model, float(point.t) - keep_seconds),
+            )
+            conn.execute(
+                "DELETE FROM figures WHERE model = ? AND seq <= (SELECT seq FROM figures "
+                "WHERE model = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                (point.model, point.model, int(keep_points)),
+            )
+
+    def figures_since(self, model: str, since: float) -> list[FiguresPoint]:
+        with self._use("read the figures' history") as conn:
+            rows = conn.execute(
+                "SELECT version, t, doc FROM figures WHERE model = ? AND t >= ? ORDER BY t, seq",
+                (model, float(since)),
+            ).fetchall()
+        return [FiguresPoint(model, v, t, json.loads(doc)) for v, t, doc in rows]
 
     def history(self, model: str) -> list[Switch]:
         with self._use("read the live history") as conn:

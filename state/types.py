@@ -151,6 +151,16 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class FiguresPoint:
+    """One snapshot of a version's window figures (``figures``: name -> number or None)."""
+
+    model: str
+    version: str
+    t: float
+    figures: dict[str, float | None]
+
+
+@dataclass(frozen=True)
 class LiveMarker:
     """Cheap to poll: ``serial`` grows by one at every switch of the model's pointer."""
 
@@ -277,6 +287,20 @@ class StateStore(Protocol):
 
     def recent_ids(self, model: str, version: str, n: int) -> list[str]:
         """The ids of the version's last ``n`` logged rows, oldest first."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl`` seconds; True when ``holder``
+        holds it (it was free, expired, or already its own)."""
+        ...
+
+    def record_figures(self, point: FiguresPoint, keep_seconds: float, keep_points: int) -> None:
+        """Append one point of the figures' history and trim the model's history to the
+        last ``keep_seconds`` and ``keep_points`` points."""
+        ...
+
+    def figures_since(self, model: str, since: float) -> list[FiguresPoint]:
+        """The model's history points with ``t >= since``, oldest first."""
         ...
 
     def previous_live(self, model: str) -> str:

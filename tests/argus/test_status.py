@@ -68,3 +68,27 @@ def test_status_of_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("argus: error: cannot reach")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_history_table_interleaves_points_and_switches() -> None:
+    from argus.status import render_history
+
+    doc = {
+        "model": "m",
+        "points": [
+            {"t": 100.0, "version": "aaaaaaaaaaaa", "accuracy": 0.99, "estimated_accuracy": 0.98,
+             "macro_f1": 0.97, "drift_share": 0.0, "anomaly_ratio": 0.01,
+             "predictions_per_s": None},
+            {"t": 130.0, "version": "bbbbbbbbbbbb", "accuracy": None, "estimated_accuracy": 0.5,
+             "macro_f1": None, "drift_share": 0.25, "anomaly_ratio": 0.2,
+             "predictions_per_s": 12.5},
+        ],
+        "events": [{"t": 120.0, "version": "bbbbbbbbbbbb", "previous": "aaaaaaaaaaaa",
+                    "reason": "activate"}],
+    }  # fmt: skip
+    lines = render_history(doc).splitlines()
+    assert lines[0] == "m" and lines[1].split()[:3] == ["time", "version", "accuracy"]
+    assert "0.9900" in lines[2] and "aaaaaaaaaa" in lines[2] and lines[2].split()[-1] == "-"
+    assert "-- activate: bbbbbbbbbbbb live (was aaaaaaaaaaaa)" in lines[3]
+    assert "25.0%" in lines[4] and lines[4].split()[-1] == "12.5" and " - " in lines[4]
+    assert "no history yet" in render_history({"model": "m", "points": [], "events": []})

@@ -34,7 +34,7 @@ from state.opener import open_state
 from state.records import PredictionBatch, PredictionRecord
 from state.shared import JournaledState, WriteThroughState
 from state.sqlite_store import SCHEMA_VERSION, SQLiteState
-from state.types import Candidate, Counts, LiveMarker, StateStore, Switch
+from state.types import Candidate, Counts, FiguresPoint, LiveMarker, StateStore, Switch
 from tests.redis_server import RedisServer, require_redis
 
 try:
@@ -900,7 +900,8 @@ def test_the_first_switch_records_the_version_that_served_by_default(store: Stat
 def test_a_version_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
     kept = record(open_backend(None, tmp_path), 2)
     with sqlite3.connect(tmp_path / "state.sqlite3") as db:  # as Argus wrote it before
-        db.execute("DROP TABLE candidates")
+        for table in ("candidates", "leases", "figures"):  # what versions 3 and 4 added
+            db.execute(f"DROP TABLE {table}")
         db.execute("DELETE FROM schema_version")
         db.execute("INSERT INTO schema_version VALUES (2)")
     with pytest.raises(StateError, match="open it once read-write"):
@@ -909,7 +910,7 @@ def test_a_version_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
     assert store.get_candidate("m") is None  # the table was added
     assert sorted(store.lookup([r.id for r in kept])) == sorted(r.id for r in kept)
     with sqlite3.connect(tmp_path / "state.sqlite3") as db:
-        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 3
+        assert db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 4
 
 
 def test_candidate_settings_round_trip(store: StateStore) -> None:
@@ -937,3 +938,30 @@ def test_recent_ids_are_the_last_n_oldest_first(store: StateStore) -> None:
     assert store.recent_ids("m", "v1", 4) == ids[-4:]
     assert store.recent_ids("m", "v1", 100) == ids
     assert store.recent_ids("m", "v1", 0) == [] and store.recent_ids("m", "nope", 5) == []
+
+
+def test_one_holder_of_a_lease_at_a_time(store: StateStore) -> None:
+    assert store.acquire_lease("history", "a", ttl=0.5, now=100.0)
+    assert not store.acquire_lease("history", "b", ttl=0.5, now=100.1)  # a holds it
+    assert store.acquire_lease("history", "a", ttl=0.5, now=100.2)  # a renews
+    assert store.acquire_lease("other", "b", ttl=0.5, now=100.2)  # another lease
+    if isinstance(store, SQLiteState):  # SQLite compares the callers' clocks
+        assert store.acquire_lease("history", "b", ttl=0.5, now=101.0)  # a's expired
+    else:  # Redis expires it itself, on its own clock
+        time.sleep(0.6)
+        assert store.acquire_lease("history", "b", ttl=0.5, now=0.0)
+    assert not store.acquire_lease("history", "a", ttl=0.5, now=101.0)
+
+
+def test_figures_history_is_kept_in_order_and_bounded(store: StateStore) -> None:
+    for i in range(8):
+        point = FiguresPoint("m", "v1" if i < 5 else "v2", 1000.0 + 10 * i, {"accuracy": i / 10})
+        store.record_figures(point, keep_seconds=1e9, keep_points=6)
+    kept = store.figures_since("m", 0.0)
+    assert [p.t for p in kept] == [1020.0, 1030.0, 1040.0, 1050.0, 1060.0, 1070.0]  # 6 points
+    assert [p.version for p in kept] == ["v1"] * 3 + ["v2"] * 3
+    assert kept[0].figures == {"accuracy": 0.2}
+    assert [p.t for p in store.figures_since("m", 1055.0)] == [1060.0, 1070.0]
+    store.record_figures(FiguresPoint("m", "v2", 1100.0, {"accuracy": None}), 35.0, 100)
+    assert [p.t for p in store.figures_since("m", 0.0)] == [1070.0, 1100.0]  # by age
+    assert store.figures_since("other", 0.0) == []
