@@ -240,6 +240,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     serving = Settings.from_env(env)  # refuse bad values here, not in every worker
     check_can_listen(serving.host, serving.port)  # before a training run, not after it
     check_state(serving)
+    if serving.guard_mode != "off":  # a malformed policy: one line now, not in every worker
+        from service.guard_policy import load_policy
+
+        load_policy(serving.guard_file)
     if store.newest(name) is None and settings.model_source is not None:
         imported, problems = store.sync_from(settings.model_source, name)
         for problem in problems:

@@ -288,7 +288,7 @@ def cmd_models_activate(args: argparse.Namespace, settings: Settings) -> int:
     newest = store.newest(name)  # what serves while no version was ever activated
     default = None if newest is None else newest.version
     _state(settings).set_live(
-        name, stored.version, reason="activate", t=time.time(), default=default
+        name, stored.version, reason="activate", t=time.time(), default=default, actor="cli"
     )
     print(f"{stored.tag} is live")
     return 0
@@ -302,7 +302,7 @@ def cmd_models_rollback(args: argparse.Namespace, settings: Settings) -> int:
     target = state.previous_live(name)
     stored = store.get_version(name, target)
     store.verify(stored)
-    version = state.rollback(name, t=time.time())
+    version = state.rollback(name, t=time.time(), actor="cli")
     print(f"rolled back: {name}:{version} is live")
     return 0
 
@@ -378,7 +378,9 @@ def cmd_models_promote(args: argparse.Namespace, settings: Settings) -> int:
     store.verify(stored)
     newest = store.newest(name)
     default = None if newest is None else newest.version
-    state.set_live(name, stored.version, reason="promote", t=time.time(), default=default)
+    state.set_live(
+        name, stored.version, reason="promote", t=time.time(), default=default, actor="cli"
+    )
     state.set_candidate(name, None)
     print(f"promoted: {stored.tag} is live ({candidate.role} ended)")
     return 0

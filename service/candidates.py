@@ -75,6 +75,7 @@ class Shadow:
         self._queue = None
         self._task: asyncio.Task[None] | None = None
         self._started: set[tuple[str, str]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def offer(
         self,
@@ -101,8 +102,13 @@ class Shadow:
             picked = np.flatnonzero(self.rng.random(len(row_ids)) < setting.share)
         if not len(picked):
             return 0
-        if self._queue is None:
-            self._queue = asyncio.Queue(maxsize=self.max_pending)
+        loop = asyncio.get_running_loop()
+        if self._queue is None or self._loop is not loop:  # first use, or a new event loop
+            self._queue, self._task, self._loop = (
+                asyncio.Queue(maxsize=self.max_pending),
+                None,
+                loop,
+            )
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         try:
@@ -155,5 +161,5 @@ class Shadow:
 
     async def drain(self) -> None:
         """Wait until every queued row is predicted and logged (tests, shutdown)."""
-        if self._queue is not None:
+        if self._queue is not None and self._loop is asyncio.get_running_loop():
             await self._queue.join()

@@ -50,7 +50,7 @@ class MetricsExposition:
 
     # -- computing -------------------------------------------------------------------
 
-    def _profile(self, model: str, version: str) -> ReferenceProfile:
+    def profile(self, model: str, version: str) -> ReferenceProfile:
         key = (model, version)
         if key not in self._profiles:
             stored = store.get_version(model, version)
@@ -72,7 +72,7 @@ class MetricsExposition:
     def compute(self, model: str, version: str) -> WindowFigures:
         s = self.settings
         windows = StateWindows.read(self.state, model, version, s.input_window, s.label_window)
-        return windows.figures(self._profile(model, version))
+        return windows.figures(self.profile(model, version))
 
     def snapshot(self, version: str | None = None, model: str | None = None) -> dict[str, Any]:
         try:
@@ -116,7 +116,7 @@ class MetricsExposition:
         """One feature's input-window histogram on the reference's bins, beside the
         reference's (``GET /monitoring/feature``)."""
         name, version = self._target(model, version)
-        profile = self._profile(name, version)
+        profile = self.profile(name, version)
         if not 0 <= index < profile.n_features:
             raise RequestError(
                 404, "unknown_feature", f"feature {index} is not in 0..{profile.n_features - 1}"
@@ -140,7 +140,7 @@ class MetricsExposition:
         """The input window's anomaly-score histogram and the threshold
         (``GET /monitoring/scores``)."""
         name, version = self._target(model, version)
-        threshold = float(self._profile(name, version).anomaly.threshold_)
+        threshold = float(self.profile(name, version).anomaly.threshold_)
         window = self.state.prediction_window(name, version, self.settings.input_window)
         scores = np.asarray(window.anomaly_scores, dtype=np.float64)
         if not len(scores):
@@ -198,9 +198,9 @@ class MetricsExposition:
             "since": candidate.t,
             **_summary(cand),
         }
-        k = self._profile(name, live).n_classes
+        k = self.profile(name, live).n_classes
         if candidate.role == SHADOW:
-            live_labels, cand_labels, true = self._pairs(name, live, candidate.version)
+            live_labels, cand_labels, true = self.pairs(name, live, candidate.version)
             doc["comparison"] = paired_figures(
                 live_labels, cand_labels, true, n_classes=k
             ).to_dict()
@@ -220,7 +220,7 @@ class MetricsExposition:
             }
         return doc
 
-    def _pairs(self, name: str, live: str, shadow: str) -> tuple[np.ndarray, ...]:
+    def pairs(self, name: str, live: str, shadow: str) -> tuple[np.ndarray, ...]:
         """Live and shadow labels of the same rows (the shadow's last input-window rows
         whose live prediction is logged under ``live``), and each row's true label or -1."""
         shadow_ids = self.state.recent_ids(name, shadow, self.settings.input_window)
@@ -289,6 +289,22 @@ class MetricsExposition:
         figures += [self.figures(name, c.version) for name, c in candidates.items() if c]
         yield from _merged(family for f in figures for family in _figure_families(f))
         yield from self._candidate_families(candidates)
+        yield from self._guard_families([name for name, _ in served])
+
+    def _guard_families(self, models: list[str]) -> Iterable[Metric]:
+        """The guard's last evaluation of each model, as the evaluator stored it."""
+        failing = _gauge(
+            "argus_guard_rule_failing",
+            "1 when the guard's rule failed the release at its last evaluation.",
+            ["rule"],
+        )
+        for name in models:
+            doc = self.state.get_doc(f"guard:{name}")
+            if doc is None:
+                continue
+            for rule, value in sorted(doc.get("failing", {}).items()):
+                failing.add_metric([name, str(doc.get("version")), rule], float(bool(value)))
+        yield failing
 
     def _candidate_families(self, candidates: dict[str, Any]) -> Iterable[Metric]:
         info = GaugeMetricFamily(

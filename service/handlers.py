@@ -415,11 +415,13 @@ class ArgusCore:
         previous = runtime.live.version if runtime.ready else None
         try:
             if reason == "rollback":
-                self.state.rollback(name, t=self.clock())
+                self.state.rollback(name, t=self.clock(), actor="http")
             else:  # the newest serves while no pointer is set: rollback returns to it
                 newest = store.newest(name)
                 default = None if newest is None else newest.version
-                self.state.set_live(name, version, reason=reason, t=self.clock(), default=default)
+                self.state.set_live(
+                    name, version, reason=reason, t=self.clock(), default=default, actor="http"
+                )
             candidate = self.state.get_candidate(name)
             if candidate is not None and candidate.version == version:  # it is live now
                 self.state.set_candidate(name, None)

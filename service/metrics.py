@@ -33,6 +33,11 @@ class ServiceMetrics:
             "Labels joined to predictions, by whether the prediction was right.",
             [*mv, "result"],
         )
+        self.guard_decisions = Counter(
+            "argus_guard_decisions",
+            "The guard's decisions at each evaluation (action none: nothing to do).",
+            ["model", "action", "rule", "mode"],
+        )
         self.candidate_dropped = Counter(
             "argus_candidate_dropped",
             "Rows a shadow did not predict: its queue was full, or its output was not finite.",
@@ -64,7 +69,9 @@ class ServiceMetrics:
         )
 
 
-STATE_OPERATIONS = ("record", "lookup", "feedback", "switch", "ingest", "prune", "history")
+STATE_OPERATIONS = (
+    "record", "lookup", "feedback", "switch", "ingest", "prune", "history", "guard",
+)  # fmt: skip
 KNOWN_REASONS = (
     "schema", "bad_type", "empty_batch", "too_many_rows", "row_length", "not_numeric",
     "not_finite", "bad_ids", "duplicate_ids", "bad_label", "body_too_large",

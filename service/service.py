@@ -25,6 +25,8 @@ from models import store
 from service import logs, prometheus_files, timeout, v2
 from service.exposition import MetricsExposition
 from service.fleet import Fleet
+from service.guard import Guard, RequestErrors
+from service.guard_policy import load_policy
 from service.handlers import ArgusCore
 from service.history import HistoryWriter, history_document
 from service.metrics import get_metrics
@@ -237,6 +239,13 @@ class Argus:
         self.core = ArgusCore(settings, state, fleet, get_metrics())
         self.exposition = MetricsExposition(settings, state, fleet)
         self.history = HistoryWriter(settings, state, self.exposition, fleet)
+        self.guard: Guard | None = None
+        if settings.guard_mode != "off":  # argus serve checked the policy before starting
+            policy = load_policy(settings.guard_file)
+            self.guard = Guard(
+                policy, settings.guard_mode, state, self.exposition, fleet, get_metrics(),
+                error_ratio=RequestErrors(),
+            )  # fmt: skip
         _CORE, _EXPOSITION = self.core, self.exposition
         self._worker = str(os.getpid())  # x-argus-worker: which process answered
         log.info("worker %d serving %s", os.getpid(), fleet.describe())
@@ -251,6 +260,21 @@ class Argus:
         self._poller = asyncio.get_running_loop().create_task(self._poll())
         if self.core.settings.history_seconds > 0:
             self._historian = asyncio.get_running_loop().create_task(self._write_history())
+        if self.guard is not None:
+            self._guardian = asyncio.get_running_loop().create_task(self._guard(self.guard))
+
+    async def _guard(self, guard: Guard) -> None:
+        """Every half interval, try to evaluate the guard policy (``service/guard.py``):
+        only the lease holder does, once per interval."""
+        while True:
+            await asyncio.sleep(guard.policy.interval / 2)
+            try:
+                await asyncio.to_thread(guard.tick)
+            except StateError as exc:
+                self.core.metrics.state_errors.labels("guard").inc()
+                log.error("guard not evaluated: %s", exc)
+            except Exception:  # keep guarding whatever one round did
+                log.exception("guard not evaluated")
 
     async def _write_history(self) -> None:
         """Every ``ARGUS_HISTORY_SECONDS``, a point per served version, if this worker

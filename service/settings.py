@@ -45,6 +45,8 @@ class Settings:
     metrics_cache_seconds: float = 1.0
     state_busy_timeout: float = 5.0
     model_source: Path | None = None
+    guard_mode: str = "off"
+    guard_file: Path | None = None
     history_seconds: float = 10.0
     history_retention_seconds: float = 7 * 24 * 3600.0
     history_points: int = 10_000
@@ -90,6 +92,8 @@ class Settings:
         for name in ("input_window", "label_window"):
             if int(getattr(self, name)) < 0:
                 raise SettingsError(f"ARGUS_{name.upper()} must be >= 0")
+        if self.guard_mode not in ("off", "dry-run", "act"):
+            raise SettingsError(f"ARGUS_GUARD_MODE={self.guard_mode!r} must be off, dry-run or act")
         if not self.history_seconds >= 0:
             raise SettingsError("ARGUS_HISTORY_SECONDS must be >= 0 (0 turns the history off)")
         if not self.history_retention_seconds > 0 or self.history_points < 1:

@@ -19,7 +19,7 @@ import numpy as np
 
 from errors import NoRollbackTargetError, StateError
 from state.ids import new_ids
-from state.types import ROLLBACK, ErrorHook, LiveMarker, PredictionWindow, StateOptions, Switch
+from state.types import UNDO, ErrorHook, LiveMarker, PredictionWindow, StateOptions, Switch
 
 log = logging.getLogger("argus.state")
 
@@ -85,7 +85,7 @@ def rollback_target(history: Sequence[Switch]) -> str | None:
     """
     stack: list[str] = []
     for switch in history:
-        if switch.reason == ROLLBACK and len(stack) >= 2 and stack[-2] == switch.version:
+        if switch.reason in UNDO and len(stack) >= 2 and stack[-2] == switch.version:
             stack.pop()
         else:
             stack.append(switch.version)

@@ -165,10 +165,16 @@ SWITCH = """
 local last = redis.call('LINDEX', KEYS[2], -1)
 if last and cjson.decode(last).k == ARGV[5] then return 1 end  -- a retry: already applied
 if ARGV[4] ~= '' and redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[4]) then return -1 end
+if ARGV[8] and ARGV[8] ~= '' and redis.call('HGET', KEYS[1], 'version') ~= ARGV[8] then
+  return -1  -- the live version is no longer the one this switch was decided on
+end
 local previous = redis.call('HGET', KEYS[1], 'version')
 if previous == ARGV[1] then return 0 end
-redis.call('RPUSH', KEYS[2], cjson.encode({t = ARGV[3], version = ARGV[1],
-  previous = previous or cjson.null, reason = ARGV[2], k = ARGV[5]}))
+local entry = {t = ARGV[3], version = ARGV[1], previous = previous or cjson.null,
+  reason = ARGV[2], k = ARGV[5]}
+if ARGV[6] and ARGV[6] ~= '' then entry.actor = ARGV[6] end
+if ARGV[7] and ARGV[7] ~= '' then entry.detail = ARGV[7] end  -- JSON text, kept as is
+redis.call('RPUSH', KEYS[2], cjson.encode(entry))
 redis.call('HSET', KEYS[1], 'version', ARGV[1])
 redis.call('HINCRBY', KEYS[1], 'serial', 1)
 return 1

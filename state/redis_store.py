@@ -313,17 +313,50 @@ class RedisState(Backend):
         return LiveMarker(None if version is None else version.decode(), int(serial or 0))
 
     def set_live(
-        self, model: str, version: str, reason: str, t: float, *, default: str | None = None
-    ) -> None:
+        self,
+        model: str,
+        version: str,
+        reason: str,
+        t: float,
+        *,
+        default: str | None = None,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
+        expected_live: str | None = None,
+    ) -> bool:
         if default is not None and default != version:  # only while the history is empty
             self._switch(model, default, DEFAULT, t, expected="0")
-        self._switch(model, version, reason, t, expected="")
+        done = self._switch(
+            model, version, reason, t, "", actor=actor, detail=detail, expected_live=expected_live
+        )
+        return done >= 0
 
-    def _switch(self, model: str, version: str, reason: str, t: float, expected: str) -> int:
+    def _switch(
+        self,
+        model: str,
+        version: str,
+        reason: str,
+        t: float,
+        expected: str,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
+        expected_live: str | None = None,
+    ) -> int:
         keys = [f"{self.prefix}live:{_escape(model)}", f"{self.prefix}hist:{_escape(model)}"]
         with self._db.use("set the live version") as conn:
             args: list[Any] = [version, reason, repr(float(t)), expected, os.urandom(8).hex()]
+            args += [actor or "", "" if detail is None else json.dumps(detail, allow_nan=False)]
+            args.append(expected_live or "")
             return int(conn.switch(keys=keys, args=args, client=conn.client))
+
+    def put_doc(self, name: str, doc: dict[str, Any]) -> None:
+        with self._db.use("store a document") as conn:
+            conn.client.set(f"{self.prefix}doc:{_escape(name)}", json.dumps(doc, allow_nan=False))
+
+    def get_doc(self, name: str) -> dict[str, Any] | None:
+        with self._db.use("read a document") as conn:
+            found = conn.client.get(f"{self.prefix}doc:{_escape(name)}")
+        return None if found is None else dict(json.loads(found))
 
     def get_candidate(self, model: str) -> Candidate | None:
         with self._db.use("read the candidate") as conn:
@@ -389,11 +422,20 @@ class RedisState(Backend):
             entries = conn.client.lrange(f"{self.prefix}hist:{_escape(model)}", 0, -1)
         return [_switch_entry(e) for e in entries]
 
-    def rollback(self, model: str, t: float) -> str:
+    def rollback(
+        self,
+        model: str,
+        t: float,
+        *,
+        reason: str = ROLLBACK,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> str:
         for _ in range(_SWITCH_TRIES):  # optimistic: retry if another switch came first
             history = self.history(model)
             target = rollback_target_of(model, history)
-            if self._switch(model, target, ROLLBACK, t, expected=str(len(history))) >= 0:
+            expected = str(len(history))
+            if self._switch(model, target, reason, t, expected, actor=actor, detail=detail) >= 0:
                 return target
         raise StateError(f"cannot roll back {model!r}: the live pointer keeps changing")
 
@@ -445,4 +487,5 @@ def _record(id_: str, row: list[Any]) -> PredictionRecord:
 
 def _switch_entry(entry: bytes) -> Switch:
     d = json.loads(entry)
-    return Switch(float(d["t"]), d["version"], d["previous"], d["reason"])
+    detail = None if d.get("detail") is None else json.loads(d["detail"])
+    return Switch(float(d["t"]), d["version"], d["previous"], d["reason"], d.get("actor"), detail)

@@ -54,6 +54,7 @@ from state.backend import check_unique
 from state.journal import Journal, read_frames, read_offset, write_offset
 from state.records import PredictionBatch, PredictionRecord
 from state.types import (
+    ROLLBACK,
     Candidate,
     Counts,
     ErrorHook,
@@ -157,9 +158,27 @@ class SharedState:
         return self.inner.live_marker(model)
 
     def set_live(
-        self, model: str, version: str, reason: str, t: float, *, default: str | None = None
-    ) -> None:
-        self.inner.set_live(model, version, reason, t, default=default)
+        self,
+        model: str,
+        version: str,
+        reason: str,
+        t: float,
+        *,
+        default: str | None = None,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
+        expected_live: str | None = None,
+    ) -> bool:
+        return self.inner.set_live(
+            model,
+            version,
+            reason,
+            t,
+            default=default,
+            actor=actor,
+            detail=detail,
+            expected_live=expected_live,
+        )
 
     def history(self, model: str) -> list[Switch]:
         return self.inner.history(model)
@@ -186,8 +205,22 @@ class SharedState:
     def figures_since(self, model: str, since: float) -> list[FiguresPoint]:
         return self.inner.figures_since(model, since)
 
-    def rollback(self, model: str, t: float) -> str:
-        return self.inner.rollback(model, t)
+    def rollback(
+        self,
+        model: str,
+        t: float,
+        *,
+        reason: str = ROLLBACK,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> str:
+        return self.inner.rollback(model, t, reason=reason, actor=actor, detail=detail)
+
+    def put_doc(self, name: str, doc: dict[str, Any]) -> None:
+        self.inner.put_doc(name, doc)
+
+    def get_doc(self, name: str) -> dict[str, Any] | None:
+        return self.inner.get_doc(name)
 
     def close(self) -> None:
         self.inner.close()

@@ -27,7 +27,10 @@ Schema (version 2)::
         the input window: float32 ``rows x d`` inputs (and float64 times) of the newest
         rows of one block. Index ``ring_version (vid)``.
     live, switches, schema_version
-        the live pointer, its history, the schema version.
+        the live pointer, its history (with each switch's actor and, for the guard's,
+        a JSON detail), the schema version.
+    docs (name PRIMARY KEY, doc)
+        small JSON documents one process writes for all (the guard's last evaluation).
     candidates (model PRIMARY KEY, role, version, share, t)
         each model's shadow or canary.
     leases (name PRIMARY KEY, holder, expires)
@@ -81,6 +84,9 @@ CREATE TABLE candidates (
     model TEXT PRIMARY KEY, role TEXT NOT NULL, version TEXT NOT NULL, share REAL NOT NULL,
     t REAL NOT NULL)"""
 _FIGURES = """
+ALTER TABLE switches ADD COLUMN actor TEXT;
+ALTER TABLE switches ADD COLUMN detail TEXT;
+CREATE TABLE docs (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
 CREATE TABLE figures (
     seq INTEGER PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL, t REAL NOT NULL,
@@ -88,11 +94,7 @@ CREATE TABLE figures (
 CREATE INDEX figures_model_t ON figures (model, t)"""
 _UPGRADES = {2: _CANDIDATES, 3: _FIGURES}  # from version: the tables the next one adds
 _SCHEMA = (
-    _CANDIDATES
-    + ";"
-    + _FIGURES
-    + ";"
-    + """
+    """
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE versions (
     vid INTEGER PRIMARY KEY, model TEXT NOT NULL, version TEXT NOT NULL,
@@ -120,7 +122,10 @@ CREATE TABLE switches (
     previous TEXT, reason TEXT NOT NULL);
 CREATE INDEX switches_model ON switches (model);
 """
-)
+    + _CANDIDATES
+    + ";"
+    + _FIGURES
+)  # version 2's tables, then what 3 and 4 added
 _RECONNECT = {sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN}
 _BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _PARKED: list[sqlite3.Connection] = []  # inherited across fork: never used, never closed

@@ -15,6 +15,7 @@ import struct
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -284,25 +285,46 @@ class SQLiteState(Backend):
         return LiveMarker(row[0], row[1]) if row else LiveMarker(None, 0)
 
     def set_live(
-        self, model: str, version: str, reason: str, t: float, *, default: str | None = None
-    ) -> None:
+        self,
+        model: str,
+        version: str,
+        reason: str,
+        t: float,
+        *,
+        default: str | None = None,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
+        expected_live: str | None = None,
+    ) -> bool:
         with self._use("set the live version", write=True) as conn:
-            unset = conn.execute("SELECT 1 FROM live WHERE model = ?", (model,)).fetchone() is None
-            if default is not None and default != version and unset:
+            row = conn.execute("SELECT version FROM live WHERE model = ?", (model,)).fetchone()
+            if expected_live is not None and (row is None or row[0] != expected_live):
+                return False  # decided on a live version that is no longer live
+            if default is not None and default != version and row is None:
                 self._switch(conn, model, default, DEFAULT, t)
-            self._switch(conn, model, version, reason, t)
+            self._switch(conn, model, version, reason, t, actor, detail)
+        return True
 
     def _switch(
-        self, conn: sqlite3.Connection, model: str, version: str, reason: str, t: float
+        self,
+        conn: sqlite3.Connection,
+        model: str,
+        version: str,
+        reason: str,
+        t: float,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> None:
         row = conn.execute("SELECT version, serial FROM live WHERE model = ?", (model,)).fetchone()
         previous, serial = row if row else (None, 0)
         if previous == version:
             return
         conn.execute(
-            "INSERT INTO switches (model, t, version, previous, reason) VALUES (?, ?, ?, ?, ?)",
-            (model, float(t), version, previous, reason),
-        )
+            "INSERT INTO switches (model, t, version, previous, reason, actor, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (model, float(t), version, previous, reason, actor,
+             None if detail is None else json.dumps(detail)),
+        )  # fmt: skip
         conn.execute(
             "INSERT INTO live VALUES (?, ?, ?) ON CONFLICT (model) DO UPDATE "
             "SET version = excluded.version, serial = excluded.serial",
@@ -389,11 +411,32 @@ class SQLiteState(Backend):
         with self._use("read the live history") as conn:
             return _history(conn, model)
 
-    def rollback(self, model: str, t: float) -> str:
+    def rollback(
+        self,
+        model: str,
+        t: float,
+        *,
+        reason: str = ROLLBACK,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> str:
         with self._use("roll back", write=True) as conn:
             target = rollback_target_of(model, _history(conn, model))
-            self._switch(conn, model, target, ROLLBACK, t)
+            self._switch(conn, model, target, reason, t, actor, detail)
         return target
+
+    def put_doc(self, name: str, doc: dict[str, Any]) -> None:
+        with self._use("store a document", write=True) as conn:
+            conn.execute(
+                "INSERT INTO docs VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                (name, json.dumps(doc, allow_nan=False)),
+            )
+
+    def get_doc(self, name: str) -> dict[str, Any] | None:
+        with self._use("read a document") as conn:
+            row = conn.execute("SELECT doc FROM docs WHERE name = ?", (name,)).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
 
     # -- retention ----------------------------------------------------------------------
 
@@ -460,7 +503,11 @@ def _record(row: tuple, block: tuple) -> PredictionRecord:
 
 def _history(conn: sqlite3.Connection, model: str) -> list[Switch]:
     rows = conn.execute(
-        "SELECT t, version, previous, reason FROM switches WHERE model = ? ORDER BY seq",
+        "SELECT t, version, previous, reason, actor, detail FROM switches WHERE model = ? "
+        "ORDER BY seq",
         (model,),
     ).fetchall()
-    return [Switch(*row) for row in rows]
+    return [
+        Switch(t, v, p, r, actor, None if detail is None else json.loads(detail))
+        for t, v, p, r, actor, detail in rows
+    ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,6 +39,9 @@ committed write, a background ingestion); the service counts it in
 
 ROLLBACK = "rollback"
 """The ``reason`` of a switch made by ``rollback``; history replay treats it as undo."""
+AUTO_ROLLBACK, AUTO_PROMOTE = "auto_rollback", "auto_promote"
+"""The reasons of the guard's switches; an automatic rollback is an undo too."""
+UNDO = frozenset({ROLLBACK, AUTO_ROLLBACK})
 
 DEFAULT = "default"
 """The ``reason`` recorded for the version that served without a pointer (the newest)
@@ -115,12 +118,15 @@ class Counts:
 
 @dataclass(frozen=True)
 class Switch:
-    """One change of the live pointer."""
+    """One change of the live pointer: who made it (``actor``: ``cli``, ``http``,
+    ``guard``) and, for the guard's, why (``detail``: the rule, figures and rows)."""
 
     t: float
     version: str
     previous: str | None
     reason: str
+    actor: str | None = None
+    detail: dict[str, Any] | None = None
 
 
 SHADOW, CANARY = "shadow", "canary"
@@ -262,9 +268,19 @@ class StateStore(Protocol):
         ...
 
     def set_live(
-        self, model: str, version: str, reason: str, t: float, *, default: str | None = None
-    ) -> None:
-        """Make ``version`` live and append the switch to the history.
+        self,
+        model: str,
+        version: str,
+        reason: str,
+        t: float,
+        *,
+        default: str | None = None,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
+        expected_live: str | None = None,
+    ) -> bool:
+        """Make ``version`` live and append the switch to the history; False (nothing
+        changed) when ``expected_live`` is given and is not the live version any more.
 
         A no-op (nothing appended) when ``version`` is already live. ``default`` names the
         version that serves while the model has no pointer (the newest stored): if no
@@ -289,6 +305,14 @@ class StateStore(Protocol):
         """The ids of the version's last ``n`` logged rows, oldest first."""
         ...
 
+    def put_doc(self, name: str, doc: dict[str, Any]) -> None:
+        """Store a small JSON document under ``name`` (replacing the last one)."""
+        ...
+
+    def get_doc(self, name: str) -> dict[str, Any] | None:
+        """The document stored under ``name``, or ``None``."""
+        ...
+
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Take or renew the lease ``name`` for ``ttl`` seconds; True when ``holder``
         holds it (it was free, expired, or already its own)."""
@@ -307,7 +331,15 @@ class StateStore(Protocol):
         """The version ``rollback`` would make live; ``NoRollbackTargetError`` if none."""
         ...
 
-    def rollback(self, model: str, t: float) -> str:
+    def rollback(
+        self,
+        model: str,
+        t: float,
+        *,
+        reason: str = ROLLBACK,
+        actor: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> str:
         """Make live the version that was live before the current one; return it.
 
         Rollbacks undo switches in turn (A, B, C live -> rollback B -> rollback A);

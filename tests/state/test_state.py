@@ -900,8 +900,10 @@ def test_the_first_switch_records_the_version_that_served_by_default(store: Stat
 def test_a_version_2_file_is_upgraded_in_place(tmp_path: Path) -> None:
     kept = record(open_backend(None, tmp_path), 2)
     with sqlite3.connect(tmp_path / "state.sqlite3") as db:  # as Argus wrote it before
-        for table in ("candidates", "leases", "figures"):  # what versions 3 and 4 added
+        for table in ("candidates", "leases", "figures", "docs"):  # what 3 and 4 added
             db.execute(f"DROP TABLE {table}")
+        for column in ("actor", "detail"):
+            db.execute(f"ALTER TABLE switches DROP COLUMN {column}")
         db.execute("DELETE FROM schema_version")
         db.execute("INSERT INTO schema_version VALUES (2)")
     with pytest.raises(StateError, match="open it once read-write"):
@@ -965,3 +967,27 @@ def test_figures_history_is_kept_in_order_and_bounded(store: StateStore) -> None
     store.record_figures(FiguresPoint("m", "v2", 1100.0, {"accuracy": None}), 35.0, 100)
     assert [p.t for p in store.figures_since("m", 0.0)] == [1070.0, 1100.0]  # by age
     assert store.figures_since("other", 0.0) == []
+
+
+def test_switches_carry_actor_and_detail_and_can_be_fenced(store: StateStore) -> None:
+    store.set_live("m", "A", reason="activate", t=1.0, actor="cli")
+    detail = {"rule": "disagrees", "figures": {"agreement": 0.4}, "rows": 300}
+    assert store.set_live("m", "B", reason="activate", t=2.0, actor="http")
+    # the guard decided on B: a second replica acting on the same decision changes nothing
+    assert store.set_live(
+        "m", "A", reason="auto_rollback", t=3.0, actor="guard", detail=detail, expected_live="B"
+    )
+    assert not store.set_live(
+        "m", "A", reason="auto_rollback", t=3.1, actor="guard", detail=detail, expected_live="B"
+    )
+    history = store.history("m")
+    assert [(s.reason, s.actor) for s in history] == [
+        ("activate", "cli"), ("activate", "http"), ("auto_rollback", "guard"),
+    ]  # fmt: skip
+    assert history[-1].detail == detail and history[0].detail is None
+    with pytest.raises(NoRollbackTargetError):  # an automatic rollback is an undo as well
+        store.previous_live("m")
+    store.put_doc("guard", {"evaluated": 3.0, "failing": ["disagrees"]})
+    store.put_doc("guard", {"evaluated": 4.0, "failing": []})
+    assert store.get_doc("guard") == {"evaluated": 4.0, "failing": []}
+    assert store.get_doc("nope") is None
