@@ -33,6 +33,11 @@ log = logging.getLogger("argus.candidates")
 
 MAX_PENDING = 64
 """Requests' worth of rows a worker's shadow queue holds before it drops."""
+MAX_GROUP = 32
+"""Requests the shadow predicts in one onnxruntime call."""
+IDLE_WAIT, IDLE_STEP = 0.05, 0.002
+"""How long the shadow waits for the worker to have no request in flight, and how often
+it looks."""
 
 
 def route(
@@ -76,6 +81,10 @@ class Shadow:
         self._task: asyncio.Task[None] | None = None
         self._started: set[tuple[str, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.in_flight = 0  # requests this worker is answering (ArgusCore counts them)
+
+    def busy(self) -> bool:
+        return self.in_flight > 0
 
     def offer(
         self,
@@ -119,15 +128,35 @@ class Shadow:
         return len(picked)
 
     async def _run(self) -> None:
-        assert self._queue is not None
+        """Predict what the queue holds, coalesced: while requests are in flight the
+        shadow waits (up to ``IDLE_WAIT`` s), then takes every queued request of the same
+        version as one onnxruntime call and one journal record."""
+        queue = self._queue
+        assert queue is not None
         while True:
-            loaded, X, ids, t = await self._queue.get()
+            first = await queue.get()
+            waited = 0.0
+            while self.busy() and waited < IDLE_WAIT:  # answers first: the shadow can wait
+                await asyncio.sleep(IDLE_STEP)
+                waited += IDLE_STEP
+            group = [first]
+            while not queue.empty() and len(group) < MAX_GROUP:
+                item = queue.get_nowait()
+                if item[0] is not first[0]:  # another version: its own group, next round
+                    queue.put_nowait(item)
+                    queue.task_done()
+                    break
+                group.append(item)
+            loaded = first[0]
             try:
-                await self._predict_and_log(loaded, X, ids, t)
-            except Exception:  # keep the task alive whatever one batch did
+                X = np.concatenate([item[1] for item in group])
+                ids = [i for item in group for i in item[2]]
+                await self._predict_and_log(loaded, X, ids, group[-1][3])
+            except Exception:  # keep the task alive whatever one group did
                 log.exception("shadow %s:%s failed on a batch", loaded.name, loaded.version)
             finally:
-                self._queue.task_done()
+                for _ in group:
+                    queue.task_done()
 
     async def _predict_and_log(
         self, loaded: LoadedVersion, X: np.ndarray, ids: list[str], t: float
