@@ -80,6 +80,10 @@ def add_models_parser(sub: Any) -> None:
     p.add_argument("--stop", action="store_true", help="end the canary")
     p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_canary)
+    p = msub.add_parser("history", help="every switch of the live version, with who and why")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
+    p.set_defaults(func=cmd_models_history)
     p = msub.add_parser("promote", help="make the shadow or canary live")
     p.add_argument("--name", "--model", dest="name", help="model (default ARGUS_MODEL)")
     p.set_defaults(func=cmd_models_promote)
@@ -383,4 +387,26 @@ def cmd_models_promote(args: argparse.Namespace, settings: Settings) -> int:
     )
     state.set_candidate(name, None)
     print(f"promoted: {stored.tag} is live ({candidate.role} ended)")
+    return 0
+
+
+def cmd_models_history(args: argparse.Namespace, settings: Settings) -> int:
+    name = _name(args, settings)
+    switches = _state(settings).history(name)
+    if args.json:
+        print(json.dumps([s.__dict__ for s in switches], indent=2))
+        return 0
+    if not switches:
+        print(f"{name}: no switch yet (the newest version serves)")
+        return 0
+    for s in switches:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.t))
+        line = f"{when}  {s.version:<18} {s.reason:<14} by {s.actor or '-':<6} was {s.previous}"
+        if s.detail:
+            figures = ", ".join(
+                f"{k} {v:.4g}" for k, v in (s.detail.get("figures") or {}).items()
+                if isinstance(v, int | float)
+            )  # fmt: skip
+            line += f"\n    rule {s.detail.get('rule')}: {figures}"
+        print(line)
     return 0

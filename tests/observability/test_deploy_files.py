@@ -293,6 +293,7 @@ def test_expression_helpers() -> None:
         "ArgusErrorRateHigh",
         "ArgusLabelCoverageLow",
         "ArgusCandidateWorse",
+        "ArgusAutoRollback",
         "ArgusLiveVersionChanged",
         "ArgusDown",
     }
