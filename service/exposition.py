@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from models import store
 from monitoring.binned import bin_counts, psi
-from monitoring.compare import paired_figures, two_proportion_worse
+from monitoring.compare import PairedFigures, paired_figures, two_proportion_worse
 from monitoring.profile import ReferenceProfile
 from monitoring.windows import WindowFigures
 from service.fleet import Fleet
@@ -198,12 +199,8 @@ class MetricsExposition:
             "since": candidate.t,
             **_summary(cand),
         }
-        k = self.profile(name, live).n_classes
         if candidate.role == SHADOW:
-            live_labels, cand_labels, true = self.pairs(name, live, candidate.version)
-            doc["comparison"] = paired_figures(
-                live_labels, cand_labels, true, n_classes=k
-            ).to_dict()
+            doc["comparison"] = self.paired(name, live, candidate.version).to_dict()
         else:  # a canary answered other rows: two proportions
             lp, cp = self.figures(name, live).performance, cand.performance
             verdict = two_proportion_worse(
@@ -220,10 +217,29 @@ class MetricsExposition:
             }
         return doc
 
-    def pairs(self, name: str, live: str, shadow: str) -> tuple[np.ndarray, ...]:
-        """Live and shadow labels of the same rows (the shadow's last input-window rows
-        whose live prediction is logged under ``live``), and each row's true label or -1."""
-        shadow_ids = self.state.recent_ids(name, shadow, self.settings.input_window)
+    def paired(
+        self, name: str, live: str, shadow: str, *, reverse: bool = False, **test: float
+    ) -> PairedFigures:
+        """Live against its shadow on the same rows: agreement over the shadow's last
+        input-window rows, accuracies and the McNemar verdict over its last label-window
+        labelled rows (labels can come long after the input window has moved on).
+        ``reverse``: judge whether *live* is worse than the shadow (the guard's question
+        after a switch, where the shadow is the previous version)."""
+        s = self.settings
+        recent = self._pairs(name, live, self.state.recent_ids(name, shadow, s.input_window))
+        labelled = self._pairs(name, live, self.state.labelled_ids(name, shadow, s.label_window))
+        k = self.profile(name, live).n_classes
+        first, second = (1, 0) if reverse else (0, 1)
+        by_rows = paired_figures(recent[first], recent[second], recent[2] * 0 - 1, n_classes=k)
+        by_labels = paired_figures(labelled[first], labelled[second], labelled[2], n_classes=k,
+                                   **test)  # fmt: skip
+        return replace(
+            by_labels, rows=by_rows.rows, agreement=by_rows.agreement, class_psi=by_rows.class_psi
+        )
+
+    def _pairs(self, name: str, live: str, shadow_ids: list[str]) -> tuple[np.ndarray, ...]:
+        """Live labels, shadow labels and true labels (-1: none yet) of the rows among
+        ``shadow_ids`` whose live prediction is logged under ``live``."""
         shadow_ids = [i for i in shadow_ids if i.endswith(SHADOW_SUFFIX)]
         bases = [i[: -len(SHADOW_SUFFIX)] for i in shadow_ids]
         found = self.state.lookup(bases + shadow_ids)

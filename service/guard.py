@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from monitoring.compare import paired_figures, two_proportion_worse
+from monitoring.compare import two_proportion_worse
 from monitoring.windows import WindowFigures
 from service.exposition import MetricsExposition
 from service.fleet import Fleet
@@ -190,13 +190,11 @@ class Guard:
         previous, _ = _own(old)
         if release.kind == "switch":
             shadowing = candidate is not None and candidate.version == release.old
-            if shadowing:
-                new_labels, old_labels, true = self.exposition.pairs(
-                    model, release.new, release.old
-                )
-                k = self.exposition.profile(model, release.new).n_classes
-                # "is the new version worse than the old one": the old one plays live
-                paired = paired_figures(old_labels, new_labels, true, n_classes=k)
+            if shadowing:  # "is the new version worse than the old one?"
+                paired = self.exposition.paired(
+                    model, release.new, release.old, reverse=True,
+                    margin=self.policy.margin, alpha=self.policy.alpha,
+                )  # fmt: skip
                 figures["agreement"], rows["agreement"] = paired.agreement, paired.rows
                 figures["candidate_worse"] = float(paired.verdict.worse)
                 rows["candidate_worse"] = paired.labelled
@@ -303,8 +301,8 @@ class Guard:
         now: float,
     ) -> Decision:
         self.metrics.guard_decisions.labels(model, action, rule, self.mode).inc()
-        if action != "none":
-            log.info(
+        if action != "none":  # every decision that changes something, in the server's log
+            (log.info if action == "step" else log.warning)(
                 "guard (%s): %s %s of %s (%s) on %s", self.mode, action,
                 release.new if release else "-", model, rule or "test", figures,
             )  # fmt: skip

@@ -95,6 +95,7 @@ for i, key in ipairs(KEYS) do
       redis.call('HSET', key, 'y', ARGV[3 + 2 * i], 'f', t, 'lm', member, 'ft', token)
       local base = prefix .. 'v:' .. esc(h[1]) .. ':' .. esc(h[2]) .. ':'
       redis.call('ZADD', base .. 'l', t, member)
+      redis.call('ZADD', base .. 'li', t, string.sub(key, #prefix + 3))  -- the labelled ids
       redis.call('HINCRBY', base .. 'c', 'l', 1)
     end
     out[i] = {'a', h[1], h[2], head}
@@ -138,7 +139,10 @@ while removed < chunk do
     else
       redis.call('LREM', base .. 'p', 1, id)
     end
-    if h[4] then redis.call('ZREM', base .. 'l', h[4]) end
+    if h[4] then
+      redis.call('ZREM', base .. 'l', h[4])
+      redis.call('ZREM', base .. 'li', id)
+    end
     redis.call('DEL', key)
   end
   removed = removed + 1

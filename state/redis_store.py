@@ -387,6 +387,14 @@ class RedisState(Backend):
             ids = conn.client.lrange(self._version_key(model, version) + "p", -n, -1)
         return [i.decode() for i in ids]
 
+    def labelled_ids(self, model: str, version: str, m: int) -> list[str]:
+        m = window_length(m, "m")
+        if not m:
+            return []
+        with self._db.use("read labelled ids") as conn:
+            ids = conn.client.zrevrange(self._version_key(model, version) + "li", 0, m - 1)
+        return [i.decode() for i in reversed(ids)]
+
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Redis expires the lease itself (``PX``); ``now`` is not needed."""
         key = f"{self.prefix}lease:{_escape(name)}"

@@ -196,6 +196,10 @@ class SharedState:
         self.ingest()
         return self.inner.recent_ids(model, version, n)
 
+    def labelled_ids(self, model: str, version: str, m: int) -> list[str]:
+        self.ingest()
+        return self.inner.labelled_ids(model, version, m)
+
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         return self.inner.acquire_lease(name, holder, ttl, now)
 

@@ -371,6 +371,21 @@ class SQLiteState(Backend):
                 cursor.close()
         return [id_ for part in reversed(parts) for id_ in part]
 
+    def labelled_ids(self, model: str, version: str, m: int) -> list[str]:
+        m = window_length(m, "m")
+        with self._use("read labelled ids") as conn:
+            vid = _vid(conn, model, version)
+            rows = (
+                []
+                if vid is None or not m
+                else conn.execute(
+                    "SELECT id FROM ids WHERE vid = ? AND true_label IS NOT NULL "
+                    "ORDER BY feedback_t DESC, block DESC, pos DESC LIMIT ?",
+                    (vid, m),
+                ).fetchall()
+            )
+        return [r[0] for r in reversed(rows)]
+
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         with self._use("take a lease", write=True) as conn:
             row = conn.execute(

@@ -313,6 +313,10 @@ class StateStore(Protocol):
         """The document stored under ``name``, or ``None``."""
         ...
 
+    def labelled_ids(self, model: str, version: str, m: int) -> list[str]:
+        """The ids of the version's ``m`` most recently labelled rows, in label order."""
+        ...
+
     def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
         """Take or renew the lease ``name`` for ``ttl`` seconds; True when ``holder``
         holds it (it was free, expired, or already its own)."""
