@@ -237,6 +237,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     ):
         env[key] = value
     env.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    # numpy's BLAS, like onnxruntime, would use every core in every worker: share them
+    blas_threads = str(max(1, (os.cpu_count() or 1) // max(1, int(env["ARGUS_WORKERS"]))))
+    for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(variable, blas_threads)
     serving = Settings.from_env(env)  # refuse bad values here, not in every worker
     check_can_listen(serving.host, serving.port)  # before a training run, not after it
     check_state(serving)

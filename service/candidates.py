@@ -34,7 +34,9 @@ log = logging.getLogger("argus.candidates")
 MAX_PENDING = 64
 """Requests' worth of rows a worker's shadow queue holds before it drops."""
 MAX_GROUP = 32
-"""Requests the shadow predicts in one onnxruntime call."""
+MAX_GROUP_ROWS = 256
+"""Requests, and rows, the shadow predicts in one call: past a few hundred rows numpy's
+BLAS splits the anomaly score across threads and a group costs more than its parts."""
 IDLE_WAIT, IDLE_STEP = 0.05, 0.002
 """How long the shadow waits for the worker to have no request in flight, and how often
 it looks."""
@@ -140,13 +142,15 @@ class Shadow:
                 await asyncio.sleep(IDLE_STEP)
                 waited += IDLE_STEP
             group = [first]
-            while not queue.empty() and len(group) < MAX_GROUP:
+            rows = len(first[1])
+            while not queue.empty() and len(group) < MAX_GROUP and rows < MAX_GROUP_ROWS:
                 item = queue.get_nowait()
                 if item[0] is not first[0]:  # another version: its own group, next round
                     queue.put_nowait(item)
                     queue.task_done()
                     break
                 group.append(item)
+                rows += len(item[1])
             loaded = first[0]
             try:
                 X = np.concatenate([item[1] for item in group])
