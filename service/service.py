@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from errors import StateError
 from models import store
-from service import logs, prometheus_files, timeout, v2
+from service import logs, prometheus_files, timeout, ui, v2
 from service.exposition import MetricsExposition
 from service.fleet import Fleet
 from service.guard import Guard, RequestErrors
@@ -179,6 +179,7 @@ read_api = Starlette(
         Route("/monitoring/scores", _get_scores, methods=["GET"]),
         Route("/models/card", _get_card, methods=["GET"]),
         *v2.routes(_core),  # the Open Inference Protocol (service/v2.py)
+        *ui.routes(_core, lambda: _EXPOSITION),  # the console at /ui (service/ui.py)
     ]
 )
 
