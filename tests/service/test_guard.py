@@ -99,6 +99,36 @@ def permuted_version(name: str, work: Path) -> StoredVersion:
     return register_onnx(path, ref, "digit", name=name)
 
 
+RETRAIN_SEED = 7
+
+
+@pytest.fixture(scope="module")
+def held_out() -> tuple[np.ndarray, np.ndarray]:
+    """Rows neither the live version (the default seed) nor its retrain (seed 7) trained
+    on: outside both runs' training splits."""
+    from training.config import TrainConfig
+    from training.data import load_dataset, split_dataset
+
+    c = TrainConfig()
+    ds = load_dataset(c.source)
+    seen: set[bytes] = set()
+    for seed in (c.seed, RETRAIN_SEED):
+        split = split_dataset(ds, c.val_fraction, c.test_fraction, seed)
+        seen |= {row.tobytes() for row in np.asarray(split.X_train, dtype=np.float32)}
+    X = np.asarray(ds.X, dtype=np.float32)
+    keep = np.array([row.tobytes() not in seen for row in X])
+    return X[keep], np.asarray(ds.y)[keep]
+
+
+@pytest.fixture(scope="module")
+def retrain() -> Any:
+    """A retrained version: the same data, another seed (so another split and start)."""
+    from training.config import TrainConfig
+    from training.pipeline import run
+
+    return run(TrainConfig(seed=RETRAIN_SEED), out=None)
+
+
 @pytest.fixture
 def versions(registered: list[StoredVersion], tmp_path: Path) -> dict[str, StoredVersion]:
     from training.register_onnx import register_onnx
@@ -236,11 +266,19 @@ def _registry_text() -> str:
 
 
 def test_a_good_canary_is_promoted_and_a_bad_one_aborted(
-    tmp_path: Path, versions: dict[str, StoredVersion]
+    tmp_path: Path,
+    versions: dict[str, StoredVersion],
+    retrain: Any,
+    held_out: tuple[np.ndarray, np.ndarray],
 ) -> None:
+    from training.publish import publish
+
     name = versions["mlp"].name
-    rig = Rig(tmp_path / "good", name, "act", versions["mlp"].version)
-    rig.core.set_candidate("canary", versions["twin"].version, 0.5, AUTH)  # as good as live
+    retrained = publish(retrain, name)
+    # 2 points of margin: on 1000 labels each, 1 point is beyond what the test can show
+    rig = Rig(tmp_path / "good", name, "act", versions["mlp"].version, margin=0.02)
+    rig.pool = held_out
+    rig.core.set_candidate("canary", retrained.version, 0.5, AUTH)
     decisions = []
     for _ in range(12):
         rig.traffic(300)
@@ -248,7 +286,8 @@ def test_a_good_canary_is_promoted_and_a_bad_one_aborted(
         if any(d.action == "promote" for d in decisions):
             break
     assert decisions[-1].action == "promote"
-    assert rig.state.get_live(name) == versions["twin"].version
+    assert rig.state.get_live(name) == retrained.version
+    print(f"\ncanary promoted: {rig.state.history(name)[-1]}")
     assert rig.state.history(name)[-1].reason == "auto_promote"
     assert rig.state.get_candidate(name) is None
 
@@ -264,6 +303,7 @@ def test_a_good_canary_is_promoted_and_a_bad_one_aborted(
     assert bad.state.get_live(name) == versions["mlp"].version  # live untouched
     assert bad.state.get_candidate(name) is None
     assert bad.state.get_doc(f"guard-rejected:{name}") == {"versions": [versions["bad"].version]}
+    print(f"canary aborted: {decisions[-1].rule}, figures {decisions[-1].figures}")
 
 
 def test_one_evaluator_through_the_lease(
@@ -284,24 +324,20 @@ def test_one_evaluator_through_the_lease(
 
 
 def test_clean_traffic_over_500_evaluations_switches_nothing(
-    tmp_path: Path, versions: dict[str, StoredVersion]
+    tmp_path: Path,
+    versions: dict[str, StoredVersion],
+    retrain: Any,
+    held_out: tuple[np.ndarray, np.ndarray],
 ) -> None:
     """The false-rollback rate: a retrained version (the same data and seed, fewer epochs)
     replaces the live one, and the guard watches it, with the old one as its shadow, for
     500 evaluations of seeded clean traffic from the rows neither version trained on."""
-    from training.config import TrainConfig
-    from training.data import load_dataset, split_dataset
-    from training.pipeline import run
     from training.publish import publish
 
-    config = TrainConfig()
     name = versions["mlp"].name
-    retrained = publish(run(TrainConfig(max_epochs=120), out=None), name)
-    split = split_dataset(
-        load_dataset(config.source), config.val_fraction, config.test_fraction, config.seed
-    )
+    retrained = publish(retrain, name)
     rig = Rig(tmp_path, name, "act", versions["mlp"].version, guard_seconds=1e9)
-    rig.pool = (split.X_test.astype(np.float32), split.y_test)
+    rig.pool = held_out
     rig.core.activate(retrained.version, AUTH)
     rig.step()
     rig.fleet.refresh()
