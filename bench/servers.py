@@ -4,8 +4,10 @@
 as a process group in a new session on 127.0.0.1 and always ends it (``argus@TREE``: the
 same ``argus serve`` on the code of another source tree, see ``make_server``); it finds the
 worker processes, their CPU time and RSS, and which worker holds a client's connection,
-which ``open_balanced`` uses to spread connections evenly over the workers. Used by
-``bench/serving.py``, ``bench/load.py`` and ``bench/state_backends.py``.
+which ``open_balanced`` uses to spread connections evenly over the workers; and it reads
+``/metrics`` and starts a shadow (``metric_samples``, ``live_version``, ``set_shadow``).
+Used by ``bench/serving.py``, ``bench/load.py``, ``bench/state_backends.py`` and
+``bench/ui_cost.py``.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from bench/: the tests' harness is shared
@@ -178,11 +182,15 @@ class Server:
         self.proc = None
 
 
-def train(home: Path) -> tuple[Path, str]:
-    """Train the default model into ``home``'s store; return (BENTOML_HOME, version)."""
+def train(home: Path, seed: int | None = None, args: Sequence[str] = ()) -> tuple[Path, str]:
+    """Train the default model into ``home``'s store; return (BENTOML_HOME, version).
+
+    Training again into the same ``home`` (with another ``seed``) adds a second version.
+    ``args``: more ``argus train`` arguments (say ``--source mnist:DIR``)."""
     bentoml_home = home / "bentoml"
+    seed_args = [] if seed is None else ["--seed", str(seed)]
     out = subprocess.run(
-        [str(BIN / "argus"), "train", "--no-progress"],
+        [str(BIN / "argus"), "train", "--no-progress", *seed_args, *args],
         env=clean_env(ARGUS_HOME=str(home), BENTOML_HOME=str(bentoml_home)),
         cwd=REPO,
         capture_output=True,
@@ -195,18 +203,33 @@ def train(home: Path) -> tuple[Path, str]:
     return bentoml_home, match.group(1)
 
 
-def newest_version(bentoml_home: Path) -> str:
+def stored_versions(bentoml_home: Path) -> list[str]:
+    """The versions of the model in a store, oldest first."""
     versions = [p for p in (bentoml_home / "models" / MODEL).iterdir() if p.is_dir()]
+    return [p.name for p in sorted(versions, key=lambda p: (p / "model.yaml").stat().st_mtime)]
+
+
+def newest_version(bentoml_home: Path) -> str:
+    versions = stored_versions(bentoml_home)
     if not versions:
         raise RuntimeError(f"no version of {MODEL} under {bentoml_home}")
-    return max(versions, key=lambda p: (p / "model.yaml").stat().st_mtime).name
+    return versions[-1]
 
 
 def make_server(
-    kind: str, root: Path, source_store: Path, onnx: Path, workers: int, bare_response: str = "raw"
+    kind: str,
+    root: Path,
+    source_store: Path,
+    onnx: Path,
+    workers: int,
+    bare_response: str = "raw",
+    admin_token: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Server:
     """An ``argus serve`` over a copy of ``source_store``, or the bare service over ``onnx``
-    (``bare_response``: ``raw`` or ``dict``, see ``bench/bare_service.py``).
+    (``bare_response``: ``raw`` or ``dict``, see ``bench/bare_service.py``). With an
+    ``admin_token``, Argus's admin endpoints (``/models/shadow``, ...) take it. ``env``:
+    more environment for the server, over the rest (say ``ARGUS_HISTORY_SECONDS``).
 
     ``argus@TREE`` runs the same ``argus serve`` with ``PYTHONPATH=TREE`` from TREE, so that
     tree's packages (say a worktree of an older commit) shadow the editable install's."""
@@ -216,13 +239,17 @@ def make_server(
     port = str(free_port())
     if kind == "argus":
         shutil.copytree(source_store / "models" / MODEL, home / "bentoml" / "models" / MODEL)
-        env = clean_env(ARGUS_HOME=str(home), BENTOML_HOME=str(home / "bentoml"), ARGUS_MODEL=MODEL)
+        server_env = clean_env(
+            ARGUS_HOME=str(home), BENTOML_HOME=str(home / "bentoml"), ARGUS_MODEL=MODEL
+        )
+        if admin_token:
+            server_env["ARGUS_ADMIN_TOKEN"] = admin_token
         if tree:
-            env["PYTHONPATH"] = str(cwd)
-            check_tree(cwd, env)
+            server_env["PYTHONPATH"] = str(cwd)
+            check_tree(cwd, server_env)
         command = [str(BIN / "argus"), "serve", "--port", port, "--workers", str(workers)]
     else:
-        env = clean_env(
+        server_env = clean_env(
             BENTOML_HOME=str(home / "bentoml"),
             BARE_MODEL_PATH=str(onnx),
             BARE_WORKERS=str(workers),
@@ -230,7 +257,8 @@ def make_server(
         )
         command = [sys.executable, "-m", "bentoml", "serve", "bench.bare_service:Bare"]
         command += ["--host", "127.0.0.1", "--port", port]
-    return Server(kind, command, env, home, workers, cwd)
+    server_env.update(env or {})
+    return Server(kind, command, server_env, home, workers, cwd)
 
 
 def check_tree(tree: Path, env: dict[str, str]) -> None:
@@ -245,6 +273,53 @@ def check_tree(tree: Path, env: dict[str, str]) -> None:
     files = [Path(f) for f in out.stdout.split()]
     if out.returncode or not files or not all(f.is_relative_to(tree) for f in files):
         raise RuntimeError(f"{tree} does not shadow the installed code:\n{out.stdout}{out.stderr}")
+
+
+def metric_samples(server: Server, *names: str) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of one ``/metrics`` scrape called one of ``names`` (say
+    ``argus_candidate_dropped_total``): (name, labels, value), none for a series the
+    server has not created."""
+    r = httpx.get(f"{server.url}/metrics", timeout=60)
+    r.raise_for_status()
+    return [
+        (s.name, s.labels, s.value)
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+        if s.name in names
+    ]
+
+
+def live_version(server: Server) -> str:
+    """The version of the model an ``argus serve`` answers with (``argus_model_info``)."""
+    for _, labels, _ in metric_samples(server, "argus_model_info"):
+        if labels.get("model") == MODEL and labels.get("live") == "true":
+            return labels["version"]
+    raise RuntimeError(f"{server.kind}: no live version of {MODEL} on /metrics")
+
+
+def set_shadow(
+    server: Server, version: str | None, fraction: float, token: str, settle: float = 2.0
+) -> None:
+    """Run ``version`` as the shadow of the live version on ``fraction`` of the answered
+    rows (``None``: stop it), then wait ``settle`` seconds: the worker that takes the call
+    loads it at once, the others at their next poll of the shared state (every 0.5 s by
+    default, ``ARGUS_POLL_SECONDS``)."""
+    r = httpx.post(
+        f"{server.url}/models/shadow",
+        json={"version": version, "fraction": fraction},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
+    if r.status_code != 200:
+        raise RuntimeError(f"{server.kind}: POST /models/shadow: HTTP {r.status_code}: {r.text}")
+    time.sleep(settle)
+    running = {
+        labels["version"]
+        for _, labels, _ in metric_samples(server, "argus_candidate_info")
+        if labels.get("role") == "shadow"
+    }
+    if (version is not None) != (version in running):
+        raise RuntimeError(f"{server.kind}: the shadow is {sorted(running)}, not {version}")
 
 
 async def open_balanced(

@@ -20,6 +20,7 @@ median. The client runs on the same cores as the servers; both sides pay for it 
     .venv/bin/python bench/serving.py --duration 5 --rounds 1 --json out.json
     .venv/bin/python bench/serving.py --servers argus@/tmp/before,argus  # two versions
     .venv/bin/python bench/serving.py --servers argus --doors predict,oip-json,oip-binary
+    .venv/bin/python bench/serving.py --shadow --rounds 3   # the cost of a shadow
 
 ``argus@TREE`` is ``argus serve`` on the code of another source tree (a worktree of an
 older commit, say): ratios are against ``--baseline``, by default bare if it runs, else
@@ -32,6 +33,16 @@ configuration of its own on the same server, same rows, same client; the doors' 
 rotates each round, and a section of the report gives each door's figures as ratios to
 ``/predict``'s.
 
+``--shadow`` measures what a shadow costs: Argus alone ("live"), then Argus with a second
+stored version of the model as its shadow on ``--shadow-fraction`` of the answered rows
+("live+shadow", ``POST /models/shadow``), in every round and in that order. Each runs, per
+batch size, the closed loop above (saturation) and then an open loop: requests due at a
+fixed rate whatever the answers, half the req/s live reached in the same round, their
+latency counted from the time each was due. A section of the report gives req/s and CPU
+per request at saturation, the open loop's p50 and p99 (the shadow must stay within 10%
+of live), the rows the shadow dropped (``argus_candidate_dropped_total``) and the
+workers' RSS.
+
 Exits non-zero if a server fails to start, a response is not 2xx, or the servers disagree
 on the labels of the same rows (every door of every server, each round).
 """
@@ -43,13 +54,14 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +70,31 @@ import httpx
 import numpy as np
 
 try:  # imported as bench.serving (bench/load.py under the tests) or run as a script
-    from bench.servers import MODEL, Server, make_server, newest_version, open_balanced, train
+    from bench.servers import (
+        MODEL,
+        Server,
+        live_version,
+        make_server,
+        metric_samples,
+        newest_version,
+        open_balanced,
+        set_shadow,
+        stored_versions,
+        train,
+    )
 except ImportError:  # pragma: no cover - script
-    from servers import MODEL, Server, make_server, newest_version, open_balanced, train
+    from servers import (
+        MODEL,
+        Server,
+        live_version,
+        make_server,
+        metric_samples,
+        newest_version,
+        open_balanced,
+        set_shadow,
+        stored_versions,
+        train,
+    )
 
 SERVERS = ("bare", "argus")
 DOORS = ("predict", "oip-json", "oip-binary")
@@ -71,6 +105,16 @@ OIP_INPUT = "input"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_HEADERS = {"content-type": "application/json"}
 BINARY_HEADERS = {"content-type": "application/octet-stream"}
+SHADOW_SERVERS = ("live", "live+shadow")
+"""``--shadow``'s two configurations of ``argus serve``, run in this order every round."""
+PHASES = ("closed", "open")
+"""``--shadow``'s loads at each batch size: saturation, then a fixed rate."""
+OPEN_LOOP_SHARE = 0.5
+"""The open loop's rate, as a share of the req/s live reached at saturation that round."""
+OPEN_LOOP_DRAIN = 30.0
+"""Seconds the open loop waits, after its window, for answers still due; then failures."""
+LATENCY_TOLERANCE = 0.10
+"""How much higher the shadow's open-loop p50 and p99 may be than live's."""
 
 
 # -- load ---------------------------------------------------------------------------------
@@ -83,6 +127,8 @@ class RunResult:
     rows: int
     round: int
     door: str = "predict"
+    phase: str = "closed"  # "closed": --concurrency in flight; "open": a fixed rate
+    offered_rate: float = 0.0  # the open loop's req/s
     requests: int = 0
     seconds: float = 0.0
     req_per_s: float = 0.0
@@ -102,6 +148,9 @@ class RunResult:
     scrape_max_ms: float = 0.0
     rss_per_worker_mb: list[float] = field(default_factory=list)
     connections_per_worker: list[int] = field(default_factory=list)
+    send_lag_p99_ms: float = 0.0  # open loop: how late the client started requests
+    rows_answered: float = 0.0  # --shadow: argus_predictions_total of live, over the run
+    shadow_dropped: float = 0.0  # --shadow: argus_candidate_dropped_total, over the run
 
     @property
     def rss_mb(self) -> float:
@@ -172,45 +221,30 @@ def answer_labels(door: str, r: httpx.Response, n: int) -> list[int]:
     return [int(v) for v in label["data"]]
 
 
-async def run_load(
-    server: Server,
-    result: RunResult,
-    bodies: Sequence[bytes] | Sequence[tuple[bytes, dict[str, str]]],
-    *,
-    path: str = "/predict",
-    concurrency: int,
-    warmup: float,
-    duration: float,
-    scrape_interval: float,
-) -> RunResult:
-    requests = [(b, JSON_HEADERS) if isinstance(b, bytes) else b for b in bodies]
-    latencies: list[float] = []
-    scrape_latencies: list[float] = []
-    failures: list[str] = []
-    scrape_failures: list[str] = []
-    expect = "argus_window_rows" if server.kind == "argus" else "bentoml_service_request"
-    clients, result.connections_per_worker = await open_balanced(server, concurrency)
-    loop_start = time.perf_counter()
-    window_start = loop_start + warmup
-    window_end = window_start + duration
+@dataclass
+class Observed:
+    """What ``observe`` saw of the server and the client during the measured window."""
 
-    async def sender(client: httpx.AsyncClient, k: int) -> None:
-        i = k
-        while time.perf_counter() < window_end:
-            body, headers = requests[i % len(requests)]
-            i += concurrency
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(path, content=body, headers=headers)
-                ok = r.status_code // 100 == 2
-                if not ok:
-                    failures.append(f"HTTP {r.status_code}: {r.text[:200]}")
-            except httpx.HTTPError as exc:
-                ok = False
-                failures.append(f"{type(exc).__name__}: {exc}")
-            t1 = time.perf_counter()
-            if ok and window_start <= t1 <= window_end:
-                latencies.append(t1 - t0)
+    server_cpu: float = 0.0
+    background_cpu: float = 0.0
+    client_cpu: float = 0.0
+    scrape_latencies: list[float] = field(default_factory=list)
+    scrape_failures: list[str] = field(default_factory=list)
+
+
+async def observe(
+    server: Server,
+    work: Awaitable[None],
+    *,
+    window_start: float,
+    window_end: float,
+    scrape_interval: float,
+) -> Observed:
+    """Await ``work`` (the load) while a scraper GETs ``/metrics`` every
+    ``scrape_interval`` seconds (0: never) and the server's and the client's CPU time are
+    sampled at the window's start and end (``time.perf_counter`` times)."""
+    seen = Observed()
+    expect = "argus_window_rows" if server.kind == "argus" else "bentoml_service_request"
 
     async def scraper() -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
@@ -219,31 +253,45 @@ async def run_load(
                 try:
                     r = await client.get("/metrics")
                     if r.status_code != 200 or expect not in r.text:
-                        scrape_failures.append(f"/metrics: HTTP {r.status_code} or no {expect}")
+                        seen.scrape_failures.append(
+                            f"/metrics: HTTP {r.status_code} or no {expect}"
+                        )
                     elif window_start <= t0 < window_end:
-                        scrape_latencies.append(time.perf_counter() - t0)
+                        seen.scrape_latencies.append(time.perf_counter() - t0)
                 except httpx.HTTPError as exc:
-                    scrape_failures.append(f"/metrics: {type(exc).__name__}: {exc}")
+                    seen.scrape_failures.append(f"/metrics: {type(exc).__name__}: {exc}")
                 await asyncio.sleep(max(0.0, scrape_interval - (time.perf_counter() - t0)))
 
-    async def sample_cpu() -> tuple[float, float, float, float, float]:
+    async def sample_cpu() -> None:
         await asyncio.sleep(max(0.0, window_start - time.perf_counter()))
         s0, b0, c0 = server.cpu_seconds(), server.background_cpu_seconds(), time.process_time()
         await asyncio.sleep(max(0.0, window_end - time.perf_counter()))
-        s1, b1 = server.cpu_seconds(), server.background_cpu_seconds()
-        return s1 - s0, b1 - b0, c0, time.process_time()
+        seen.server_cpu = server.cpu_seconds() - s0
+        seen.background_cpu = server.background_cpu_seconds() - b0
+        seen.client_cpu = time.process_time() - c0
 
+    scrape_task = asyncio.create_task(scraper()) if scrape_interval > 0 else None
+    cpu_task = asyncio.create_task(sample_cpu())
     try:
-        scrape_task = asyncio.create_task(scraper()) if scrape_interval > 0 else None
-        cpu_task = asyncio.create_task(sample_cpu())
-        await asyncio.gather(*(sender(c, k) for k, c in enumerate(clients)))
-        server_cpu, background_cpu, c0, c1 = await cpu_task
-        if scrape_task is not None:
-            scrape_task.cancel()
-            await asyncio.gather(scrape_task, return_exceptions=True)
+        await work
+        await cpu_task
     finally:
-        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+        for task in (scrape_task, cpu_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    return seen
 
+
+def summarize(
+    server: Server,
+    result: RunResult,
+    latencies: list[float],
+    failures: list[str],
+    seen: Observed,
+    duration: float,
+) -> RunResult:
+    """Fill ``result`` from the measured window's latencies (seconds) and observations."""
     lat_ms = np.asarray(latencies) * 1000.0
     result.seconds = duration
     result.requests = len(latencies)
@@ -256,17 +304,152 @@ async def run_load(
         result.max_ms = float(lat_ms.max())
     result.failures = len(failures)
     result.failure_examples = sorted(set(failures))[:5]
-    result.server_cpu_ms_per_req = max(0.0, server_cpu) * 1000.0 / max(1, len(latencies))
-    result.background_cpu_ms_per_req = max(0.0, background_cpu) * 1000.0 / max(1, len(latencies))
-    result.client_cpu_share = (c1 - c0) / duration / (os.cpu_count() or 1)
-    result.scrapes = len(scrape_latencies)
-    result.scrape_failures = len(scrape_failures)
-    result.failure_examples += sorted(set(scrape_failures))[:3]
-    if scrape_latencies:
-        result.scrape_p50_ms = statistics.median(scrape_latencies) * 1000.0
-        result.scrape_max_ms = max(scrape_latencies) * 1000.0
+    requests = max(1, len(latencies))
+    result.server_cpu_ms_per_req = max(0.0, seen.server_cpu) * 1000.0 / requests
+    result.background_cpu_ms_per_req = max(0.0, seen.background_cpu) * 1000.0 / requests
+    result.client_cpu_share = seen.client_cpu / duration / (os.cpu_count() or 1)
+    result.scrapes = len(seen.scrape_latencies)
+    result.scrape_failures = len(seen.scrape_failures)
+    result.failure_examples += sorted(set(seen.scrape_failures))[:3]
+    if seen.scrape_latencies:
+        result.scrape_p50_ms = statistics.median(seen.scrape_latencies) * 1000.0
+        result.scrape_max_ms = max(seen.scrape_latencies) * 1000.0
     result.rss_per_worker_mb = server.worker_rss_mb()
     return result
+
+
+async def post(client: httpx.AsyncClient, path: str, body: bytes, headers: dict[str, str]) -> str:
+    """POST one request; "" if it was answered with a 2xx, else what went wrong."""
+    try:
+        r = await client.post(path, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "" if r.status_code // 100 == 2 else f"HTTP {r.status_code}: {r.text[:200]}"
+
+
+async def run_load(
+    server: Server,
+    result: RunResult,
+    bodies: Sequence[bytes] | Sequence[tuple[bytes, dict[str, str]]],
+    *,
+    path: str = "/predict",
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    scrape_interval: float,
+) -> RunResult:
+    """Closed loop: ``concurrency`` connections each send their next request as soon as
+    the previous one is answered; latency from send to answer."""
+    requests = [(b, JSON_HEADERS) if isinstance(b, bytes) else b for b in bodies]
+    latencies: list[float] = []
+    failures: list[str] = []
+    clients, result.connections_per_worker = await open_balanced(server, concurrency)
+    loop_start = time.perf_counter()
+    window_start = loop_start + warmup
+    window_end = window_start + duration
+
+    async def sender(client: httpx.AsyncClient, k: int) -> None:
+        i = k
+        while time.perf_counter() < window_end:
+            body, headers = requests[i % len(requests)]
+            i += concurrency
+            t0 = time.perf_counter()
+            failure = await post(client, path, body, headers)
+            t1 = time.perf_counter()
+            if failure:
+                failures.append(failure)
+            elif window_start <= t1 <= window_end:
+                latencies.append(t1 - t0)
+
+    async def senders() -> None:
+        await asyncio.gather(*(sender(c, k) for k, c in enumerate(clients)))
+
+    try:
+        seen = await observe(
+            server,
+            senders(),
+            window_start=window_start,
+            window_end=window_end,
+            scrape_interval=scrape_interval,
+        )
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+    return summarize(server, result, latencies, failures, seen, duration)
+
+
+async def run_open_loop(
+    server: Server,
+    result: RunResult,
+    bodies: Sequence[tuple[bytes, dict[str, str]]],
+    *,
+    path: str = "/predict",
+    rate: float,
+    connections: int,
+    warmup: float,
+    duration: float,
+    scrape_interval: float,
+    drain: float = OPEN_LOOP_DRAIN,
+) -> RunResult:
+    """Open loop: request ``i`` is due at ``t0 + i / rate`` whether or not earlier ones
+    were answered (a task of its own, on the first idle one of ``connections``
+    keep-alive connections); its latency runs from the time it was due, so waiting for
+    the client or for a connection counts. The requests due in the ``duration`` window
+    after ``warmup`` are measured; ``rate * (warmup + duration)`` requests in all, and
+    those unanswered ``drain`` seconds after the window are cancelled and failures."""
+    latencies: list[float] = []
+    lags: list[float] = []
+    failures: list[str] = []
+    clients, result.connections_per_worker = await open_balanced(server, connections)
+    idle: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+    for client in clients:
+        idle.put_nowait(client)
+    loop_start = time.perf_counter()
+    window_start = loop_start + warmup
+    window_end = window_start + duration
+    count = max(1, round(rate * (warmup + duration)))
+
+    async def send(i: int, due: float) -> None:
+        measured = window_start <= due < window_end
+        if measured:
+            lags.append(time.perf_counter() - due)
+        client = await idle.get()
+        try:
+            body, headers = bodies[i % len(bodies)]
+            failure = await post(client, path, body, headers)
+        finally:
+            idle.put_nowait(client)
+        if failure:
+            failures.append(failure)
+        elif measured:
+            latencies.append(time.perf_counter() - due)
+
+    async def schedule() -> None:
+        tasks = []
+        for i in range(count):
+            due = loop_start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(send(i, due)))
+        timeout = max(0.0, window_end + drain - time.perf_counter())
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        failures.extend([f"no answer {drain:g} s after the window"] * len(late))
+
+    try:
+        seen = await observe(
+            server,
+            schedule(),
+            window_start=window_start,
+            window_end=window_end,
+            scrape_interval=scrape_interval,
+        )
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+    result.offered_rate = rate
+    if lags:
+        result.send_lag_p99_ms = float(np.percentile(lags, 99)) * 1000.0
+    return summarize(server, result, latencies, failures, seen, duration)
 
 
 def check_labels(server: Server, door: str, X: np.ndarray) -> list[int]:
@@ -287,7 +470,9 @@ def check_labels(server: Server, door: str, X: np.ndarray) -> list[int]:
 
 def median_row(runs: list[RunResult]) -> RunResult:
     first = runs[0]
-    med = RunResult(first.server, first.config, first.rows, round=0, door=first.door)
+    med = RunResult(
+        first.server, first.config, first.rows, round=0, door=first.door, phase=first.phase
+    )
     for name in (
         "req_per_s",
         "rows_per_s",
@@ -300,9 +485,13 @@ def median_row(runs: list[RunResult]) -> RunResult:
         "client_cpu_share",
         "scrape_p50_ms",
         "scrape_max_ms",
+        "offered_rate",
+        "send_lag_p99_ms",
     ):
         setattr(med, name, statistics.median(getattr(r, name) for r in runs))
     med.requests = sum(r.requests for r in runs)
+    med.rows_answered = sum(r.rows_answered for r in runs)
+    med.shadow_dropped = sum(r.shadow_dropped for r in runs)
     med.failures = sum(r.failures for r in runs)
     med.scrapes = sum(r.scrapes for r in runs)
     med.scrape_failures = sum(r.scrape_failures for r in runs)
@@ -323,8 +512,29 @@ def over(x: float, y: float) -> float:
     return x / y if y else 0.0
 
 
-def config_name(rows: int, door: str) -> str:
-    return f"{rows}-row" if door == "predict" else f"{rows}-row {door}"
+def config_name(rows: int, door: str, phase: str = "closed") -> str:
+    name = f"{rows}-row" if door == "predict" else f"{rows}-row {door}"
+    return name if phase == "closed" else f"{name} {phase}"
+
+
+def cells(values: Sequence[float], fmt: str) -> str:
+    """``values[0]`` then the rest in brackets: a median and its rounds."""
+    first, *rest = values
+    return f"{first:{fmt}} [{' '.join(f'{v:{fmt}}' for v in rest)}]"
+
+
+def print_table(title: str, table: list[list[str]]) -> None:
+    """``table``'s first line as a header, columns padded; the first one right-aligned."""
+    widths = [max(len(line[k]) for line in table if k < len(line)) for k in range(len(table[0]))]
+    print(f"\n{title}")
+    for k, line in enumerate(table):
+        padded = [
+            f"{c:>{w}}" if j == 0 else f"{c:<{w}}"
+            for j, (c, w) in enumerate(zip(line, widths, strict=False))
+        ]
+        print("  " + "  ".join(padded).rstrip())
+        if k == 0:
+            print("  " + "-" * (sum(widths) + 2 * (len(widths) - 1)))
 
 
 def doors_of(kind: str, doors: Sequence[str]) -> list[str]:
@@ -381,22 +591,123 @@ def report_doors(
                         entry[f"{name}_ratio"], entry[f"{name}_ratio_rounds"] = ratio, per_round
                     table.append(ratio_line)
                 summary.setdefault(server, {}).setdefault(f"{rows}-row", {})[door] = entry
-        widths = [
-            max(len(line[k]) for line in table if k < len(line)) for k in range(len(table[0]))
-        ]
-        print(f"\ndoors, ratios to /predict: {server} (median [round 1, 2, ...]):")
-        for k, line in enumerate(table):
-            cells = [
-                f"{c:>{w}}" if j == 0 else f"{c:<{w}}"
-                for j, (c, w) in enumerate(zip(line, widths, strict=False))
-            ]
-            print("  " + "  ".join(cells).rstrip())
-            if k == 0:
-                print("  " + "-" * (sum(widths) + 2 * (len(widths) - 1)))
+        print_table(f"doors, ratios to /predict: {server} (median [round 1, 2, ...]):", table)
     return summary
 
 
-def report(runs: list[RunResult], args: argparse.Namespace, target: float) -> dict[str, Any]:
+def dropped_cells(dropped: list[float], answered: list[float]) -> list[str]:
+    """Rows dropped of rows answered, in all and per round; the share dropped."""
+    total, rows = sum(dropped), sum(answered)
+    rounds = " ".join(f"{d:.0f}" for d in dropped)
+    return [
+        f"{total:.0f} of {rows:.0f} [{rounds}]",
+        f"{over(total, rows):.2%} of the rows answered",
+    ]
+
+
+def report_shadow(
+    runs: list[RunResult], ends: list[dict[str, Any]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """live+shadow against live: req/s and CPU per request at saturation, the open loop's
+    p50 and p99 (within ``LATENCY_TOLERANCE``?), the rows the shadow dropped, worker RSS."""
+    live, shadow = SHADOW_SERVERS
+    by = {(r.server, r.rows, r.phase, r.round): r for r in runs}
+    rounds = sorted({r.round for r in runs})
+    figures = (  # label, phase, attribute, format, held to LATENCY_TOLERANCE
+        ("req/s at saturation", "closed", "req_per_s", ".1f", False),
+        ("CPU ms/request at saturation", "closed", "server_cpu_ms_per_req", ".2f", False),
+        ("open loop: rate, req/s", "open", "offered_rate", ".1f", False),
+        ("open loop: CPU ms/request", "open", "server_cpu_ms_per_req", ".2f", False),
+        ("open loop: p50 ms", "open", "p50_ms", ".2f", True),
+        ("open loop: p99 ms", "open", "p99_ms", ".1f", True),
+        ("open loop: client send lag p99 ms", "open", "send_lag_p99_ms", ".2f", False),
+    )
+    table = [["rows", "figure", live, shadow, f"{shadow} / {live}", ""]]
+    summary: dict[str, Any] = {}
+    for rows in args.batch_sizes:
+        for label, phase, name, fmt, bounded in figures:
+            both = [
+                k for k in rounds if (live, rows, phase, k) in by and (shadow, rows, phase, k) in by
+            ]
+            if not both:
+                continue
+            values = {
+                s: [getattr(by[s, rows, phase, k], name) for k in both] for s in SHADOW_SERVERS
+            }
+            medians = {s: statistics.median(v) for s, v in values.items()}
+            ratio = over(medians[shadow], medians[live])
+            per_round = [over(x, y) for x, y in zip(values[shadow], values[live], strict=True)]
+            verdict = ""
+            if bounded:
+                within = ratio <= 1.0 + LATENCY_TOLERANCE
+                verdict = f"{'' if within else 'NOT '}within {LATENCY_TOLERANCE:.0%}"
+            table.append(
+                [
+                    str(rows),
+                    label,
+                    cells([medians[live], *values[live]], fmt),
+                    cells([medians[shadow], *values[shadow]], fmt),
+                    cells([ratio, *per_round], ".3f"),
+                    verdict,
+                ]
+            )
+            summary.setdefault(f"{rows}-row", {})[f"{phase} {name}"] = {
+                live: medians[live],
+                f"{live}_rounds": values[live],
+                shadow: medians[shadow],
+                f"{shadow}_rounds": values[shadow],
+                "ratio": ratio,
+                "ratio_rounds": per_round,
+                **({"within_tolerance": ratio <= 1.0 + LATENCY_TOLERANCE} if bounded else {}),
+            }
+        for phase in PHASES:
+            mine = [r for r in runs if (r.server, r.rows, r.phase) == (shadow, rows, phase)]
+            dropped = [r.shadow_dropped for r in mine]
+            answered = [r.rows_answered for r in mine]
+            where = "open loop" if phase == "open" else "saturation"
+            table.append(
+                [str(rows), f"{where}: rows dropped", "", *dropped_cells(dropped, answered)]
+            )
+            summary.setdefault(f"{rows}-row", {})[f"{phase} dropped"] = {
+                "rows_dropped": sum(dropped),
+                "rows_answered": sum(answered),
+                "rows_dropped_rounds": dropped,
+                "rows_answered_rounds": answered,
+            }
+    rss = {s: [e["rss_mb"] for e in ends if e["server"] == s] for s in SHADOW_SERVERS}
+    if all(rss.values()):
+        medians = {s: statistics.median(v) for s, v in rss.items()}
+        table.append(
+            [
+                "",
+                "worker RSS at the end, MB",
+                cells([medians[live], *rss[live]], ".0f"),
+                cells([medians[shadow], *rss[shadow]], ".0f"),
+                f"{over(medians[shadow], medians[live]):.3f}",
+            ]
+        )
+    mine_ends = [e for e in ends if e["server"] == shadow]
+    dropped = [e["dropped"] for e in mine_ends]
+    answered = [e["answered"] for e in mine_ends]
+    table.append(["", "rows dropped, whole run", "", *dropped_cells(dropped, answered)])
+    summary["ends"] = ends
+    print_table(
+        f"shadow on {args.shadow_fraction:.0%} of the rows: {shadow} against {live} "
+        f"(median [round 1, 2, ...]):",
+        table,
+    )
+    return summary
+
+
+def report(
+    runs: list[RunResult],
+    args: argparse.Namespace,
+    target: float,
+    ends: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Print every run, the medians and the ratios to the baseline (with ``--doors``, the
+    doors' section; with ``--shadow``, the shadow's, from ``ends``: one entry per server
+    run with its workers' RSS and its counters at the end); return the figures."""
     present = [s for s in args.server_kinds if any(r.server == s for r in runs)]
     width = max(6, *(len(s) for s in present))
     configs = list(dict.fromkeys(r.config for r in runs))
@@ -461,6 +772,7 @@ def report(runs: list[RunResult], args: argparse.Namespace, target: float) -> di
             }
 
     doors = report_doors(runs, medians, args)
+    shadow = report_shadow(runs, ends or [], args) if args.shadow else None
 
     def scrape_figures(server: str) -> str:
         mine = [r for r in runs if r.server == server and r.scrapes]
@@ -492,16 +804,38 @@ def report(runs: list[RunResult], args: argparse.Namespace, target: float) -> di
         if len(args.door_list) > 1
         else ""
     )
+    bare_answer = (
+        "dict BentoML serialises"
+        if args.bare_response == "dict"
+        else "response serialised like Argus's (so the ratio is the monitoring's cost)"
+    )
+    servers_note = "\n    ".join(
+        (
+            "Argus runs with monitoring on: every /predict validates, scores anomalies and writes",
+            "the durable prediction log (journal + SQLite); the bare service only runs onnxruntime",
+            f"and answers with a {bare_answer}.",
+        )
+    )
+    open_note = ""
+    if args.shadow:
+        servers_note = f"""Argus runs with monitoring on, alone (live) and with a second stored
+    version of the model as its shadow on {args.shadow_fraction:.0%} of the answered rows
+    (live+shadow: POST /models/shadow, then 2 s for every worker to load it at its poll).
+    live runs first in every round: the open loop's rate comes from its req/s."""
+        open_note = f"""
+  * Open loop: after the closed loop at each batch size, requests due at a fixed rate,
+    {OPEN_LOOP_SHARE:g} x live's closed-loop req/s of the same round and batch size, both
+    configurations at the same rate; each request is a task of its own that takes the
+    first idle one of {2 * args.concurrency} keep-alive connections, its latency counted
+    from the time it was due (so waiting for the client or a connection counts); those
+    due in the measured window count. Client send lag: how late the client started them.
+  * Rows dropped: argus_candidate_dropped_total on /metrics before and after each run
+    (its warm-up included), against the live version's argus_predictions_total; "whole
+    run": the counters at the end of each server run."""
     print(
         f"""
 Notes:
-  * Argus runs with monitoring on: every /predict validates, scores anomalies and writes
-    the durable prediction log (journal + SQLite); the bare service only runs onnxruntime
-    and answers with a {
-            "dict BentoML serialises"
-            if args.bare_response == "dict"
-            else "response serialised like Argus's (so the ratio is the monitoring's cost)"
-        }.
+  * {servers_note}
   * Both servers: {args.workers} workers, onnxruntime intra-op threads = cores // workers,
     same model.onnx, fresh home per server; servers run one at a time, interleaved
     ({", ".join(args.server_kinds)}) x {args.rounds} round(s).
@@ -517,13 +851,14 @@ Notes:
     the journals into SQLite, computing scrapes and polling the live pointer. RSS/wkr:
     mean RSS of the worker processes at the end of the run (median rows: median of rounds).{
             doors_note
-        }
+        }{open_note}
 """
     )
     return {
         "medians": {f"{c}/{s}": asdict(m) for (c, s), m in medians.items()},
         "ratios": ratios,
         "doors": doors,
+        **({"shadow": shadow} if args.shadow else {}),
     }
 
 
@@ -541,8 +876,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scrape-interval", type=float, default=2.0, help="0 disables scraping")
     p.add_argument(
         "--servers",
-        default="bare,argus",
-        help="which servers, in run order; argus@TREE: argus serve on another source tree",
+        help="which servers, in run order (default bare,argus); argus@TREE: argus serve on "
+        "another source tree",
     )
     p.add_argument(
         "--doors",
@@ -562,6 +897,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="raw: the bare service serialises like Argus (isolates the monitoring cost); "
         "dict: it returns a dict for BentoML to serialise (a conventional BentoML service)",
     )
+    p.add_argument(
+        "--shadow",
+        action="store_true",
+        help="argus alone (live) against argus with a shadow (live+shadow), closed and open "
+        "loop; instead of --servers",
+    )
+    p.add_argument(
+        "--shadow-fraction",
+        type=float,
+        default=1.0,
+        help="with --shadow: the share of answered rows the shadow predicts",
+    )
     args = p.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
         p.error("--duration > 0, --warmup >= 0, --concurrency >= 1 and --rounds >= 1")
@@ -569,10 +916,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.batch_sizes = [int(b) for b in args.batches.split(",") if b.strip()]
     except ValueError:
         p.error("--batches must be comma-separated integers")
+    if args.shadow:
+        if args.servers is not None or args.baseline not in (None, "live"):
+            p.error("--shadow runs its own servers: no --servers or --baseline")
+        if args.doors != "predict":
+            p.error("--shadow measures /predict only: no --doors")
+        if not 0.0 < args.shadow_fraction <= 1.0:
+            p.error("--shadow-fraction must be in (0, 1]")
+        args.servers = ",".join(SHADOW_SERVERS)
+    elif args.servers is None:
+        args.servers = ",".join(SERVERS)
     args.server_kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     if not args.server_kinds or len(set(args.server_kinds)) < len(args.server_kinds):
         p.error("--servers takes distinct servers")
-    for kind, _, tree in (k.partition("@") for k in args.server_kinds):
+    for kind, _, tree in (k.partition("@") for k in args.server_kinds if not args.shadow):
         if kind not in SERVERS or (tree and (kind != "argus" or not Path(tree).is_dir())):
             p.error(f"--servers takes {', '.join(SERVERS)} or argus@TREE, TREE a source tree")
     if args.baseline is None:
@@ -591,6 +948,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def with_second_version(store: Path, root: Path) -> Path:
+    """A store holding two versions of the model, for ``--shadow``: ``store`` if it does,
+    else a copy of it under ``root`` with a version trained with another seed added."""
+    if len(stored_versions(store)) >= 2:
+        return store
+    home = root / "train"
+    if store != home / "bentoml":
+        shutil.copytree(store / "models" / MODEL, home / "bentoml" / "models" / MODEL)
+    print("training a second version of argus-digits for the shadow ...", flush=True)
+    return train(home, seed=1)[0]
+
+
+def shadow_counters(server: Server, live: str) -> tuple[float, float]:
+    """(rows the shadow dropped, rows the live version answered) so far, from one scrape
+    of ``argus_candidate_dropped_total`` and ``argus_predictions_total``."""
+    dropped = answered = 0.0
+    names = ("argus_candidate_dropped_total", "argus_predictions_total")
+    for name, labels, value in metric_samples(server, *names):
+        if name == names[0]:
+            dropped += value
+        elif labels.get("version") == live:
+            answered += value
+    return dropped, answered
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -606,6 +988,10 @@ def main(argv: list[str] | None = None) -> int:
             store, version = train(root / "train")
         onnx = store / "models" / MODEL / version / "model.onnx"
         print(f"model {MODEL}:{version} ({onnx})", flush=True)
+        token = secrets.token_hex(16) if args.shadow else None  # ARGUS_ADMIN_TOKEN
+        if args.shadow:
+            store = with_second_version(store, root)
+        ends: list[dict[str, Any]] = []  # --shadow: each server run's counters and RSS
         samples = {rows: sample_rows(rows) for rows in args.batch_sizes}
         bodies = {
             (door, rows): [encode(door, X) for X in samples[rows]]
@@ -615,8 +1001,17 @@ def main(argv: list[str] | None = None) -> int:
         check_rows = samples[max(args.batch_sizes)][0]
         labels: dict[str, list[int]] = {}  # "server door" -> labels of check_rows
         for rnd in range(1, args.rounds + 1):
+            rates: dict[int, float] = {}  # --shadow: rows -> the open loop's req/s this round
             for kind in args.server_kinds:
-                current = make_server(kind, root, store, onnx, args.workers, args.bare_response)
+                current = make_server(
+                    "argus" if args.shadow else kind,
+                    root,
+                    store,
+                    onnx,
+                    args.workers,
+                    args.bare_response,
+                    admin_token=token,
+                )
                 started = time.monotonic()
                 current.start()
                 print(
@@ -624,6 +1019,15 @@ def main(argv: list[str] | None = None) -> int:
                     f"(port {current.port}, {len(current.worker_procs())} workers)",
                     flush=True,
                 )
+                live = live_version(current) if args.shadow else None
+                if kind == "live+shadow":
+                    shadow = [v for v in stored_versions(store) if v != live][-1]
+                    set_shadow(current, shadow, args.shadow_fraction, token or "")
+                    print(
+                        f"  shadow {MODEL}:{shadow} on {args.shadow_fraction:.0%} of the rows "
+                        f"{live} answers",
+                        flush=True,
+                    )
                 doors = doors_of(kind, args.door_list)
                 shift = (rnd - 1) % len(doors)  # spread the doors' ordering effects
                 doors = doors[shift:] + doors[:shift]
@@ -631,10 +1035,14 @@ def main(argv: list[str] | None = None) -> int:
                     got = check_labels(current, door, check_rows)
                     if labels.setdefault(f"{kind} {door}", got) != got:
                         problems.append(f"{kind} {door} round {rnd}: labels changed")
-                for rows, door in ((rows, door) for rows in args.batch_sizes for door in doors):
-                    result = RunResult(kind, config_name(rows, door), rows, rnd, door)
-                    asyncio.run(
-                        run_load(
+                phases = [(rows, door, "closed") for rows in args.batch_sizes for door in doors]
+                if args.shadow:  # each batch size: saturation, then the open loop
+                    phases = [(r, "predict", ph) for r in args.batch_sizes for ph in PHASES]
+                for rows, door, phase in phases:
+                    result = RunResult(kind, config_name(rows, door, phase), rows, rnd, door, phase)
+                    before = shadow_counters(current, live) if live else (0.0, 0.0)
+                    if phase == "closed":
+                        load = run_load(
                             current,
                             result,
                             bodies[door, rows],
@@ -644,13 +1052,34 @@ def main(argv: list[str] | None = None) -> int:
                             duration=args.duration,
                             scrape_interval=args.scrape_interval,
                         )
-                    )
+                    else:
+                        if rates.get(rows, 0.0) <= 0.0:
+                            raise RuntimeError(f"round {rnd}: live gave no {rows}-row req/s")
+                        load = run_open_loop(
+                            current,
+                            result,
+                            bodies[door, rows],
+                            path=door_path(door),
+                            rate=rates[rows],
+                            connections=2 * args.concurrency,
+                            warmup=args.warmup,
+                            duration=args.duration,
+                            scrape_interval=args.scrape_interval,
+                        )
+                    asyncio.run(load)
+                    if live:
+                        after = shadow_counters(current, live)
+                        result.shadow_dropped = after[0] - before[0]
+                        result.rows_answered = after[1] - before[1]
+                    if kind == SHADOW_SERVERS[0] and phase == "closed":
+                        rates[rows] = OPEN_LOOP_SHARE * result.req_per_s
                     runs.append(result)
                     print(
                         f"  {result.config:>17} {kind:<6} {result.req_per_s:8.1f} req/s  "
                         f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
                         f"errors {result.failures + result.scrape_failures}  "
-                        f"connections/worker {result.connections_per_worker}",
+                        f"connections/worker {result.connections_per_worker}"
+                        + (f"  dropped {result.shadow_dropped:.0f}" if live else ""),
                         flush=True,
                     )
                     for example in result.failure_examples:
@@ -661,13 +1090,32 @@ def main(argv: list[str] | None = None) -> int:
                         problems.append(
                             f"{kind} server {state}; its log ends:\n{current.log()[-3000:]}"
                         )
+                if live:
+                    dropped, answered = shadow_counters(current, live)
+                    rss = current.worker_rss_mb()
+                    ends.append(
+                        {
+                            "server": kind,
+                            "round": rnd,
+                            "dropped": dropped,
+                            "answered": answered,
+                            "rss_mb": statistics.fmean(rss) if rss else 0.0,
+                            "rss_per_worker_mb": rss,
+                        }
+                    )
+                    print(
+                        f"  {kind} at the end: argus_candidate_dropped_total {dropped:.0f}, "
+                        f"{answered:.0f} rows answered, worker RSS "
+                        f"{' '.join(f'{m:.0f}' for m in rss)} MB",
+                        flush=True,
+                    )
                 current.stop()
                 current = None
         first, *rest = labels
         differ = [k for k in rest if labels[k] != labels[first]]
         if differ:
             problems.append(f"{', '.join(differ)} disagree with {first} on the labels")
-        summary = report(runs, args, args.target)
+        summary = report(runs, args, args.target, ends)
         if args.json:
             payload = {
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
