@@ -5,7 +5,8 @@ A **canary** answers ``share`` of the requests: the same rows' ids always go to 
 version (a hash of the request's first id), a request without ids is chosen at random.
 A **shadow** predicts ``share`` of the rows the live version answered, after the answer
 has left: the rows wait in a bounded queue for this worker's shadow task, which runs the
-candidate in a thread and logs its predictions under the candidate's version, each row
+candidate in a thread of its own at the lowest CPU priority (``nice`` 19, so the kernel
+gives the cores to answers first) and logs its predictions under the candidate's version, each row
 under its live id plus ``state.ids.SHADOW_SUFFIX``, so a label for the row joins both. When
 the queue is full the rows are dropped and counted (``argus_candidate_dropped_total``):
 a shadow that cannot keep up never delays answers nor grows memory without bound.
@@ -16,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -84,6 +88,9 @@ class Shadow:
         self._started: set[tuple[str, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.in_flight = 0  # requests this worker is answering (ArgusCore counts them)
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="argus-shadow", initializer=_lowest_priority
+        )
 
     def busy(self) -> bool:
         return self.in_flight > 0
@@ -165,7 +172,8 @@ class Shadow:
     async def _predict_and_log(
         self, loaded: LoadedVersion, X: np.ndarray, ids: list[str], t: float
     ) -> None:
-        pred = await asyncio.to_thread(loaded.predict, X)
+        loop = asyncio.get_running_loop()
+        pred = await loop.run_in_executor(self._executor, loaded.predict, X)
         finite = np.isfinite(pred.probabilities).all(axis=1) & np.isfinite(pred.anomaly_scores)
         if not finite.all():  # rows the candidate cannot score are not logged: counted
             self.metrics.candidate_dropped.labels(loaded.name, loaded.version).inc(
@@ -196,3 +204,12 @@ class Shadow:
         """Wait until every queued row is predicted and logged (tests, shutdown)."""
         if self._queue is not None and self._loop is asyncio.get_running_loop():
             await self._queue.join()
+
+
+def _lowest_priority() -> None:
+    """Lower the calling thread (the shadow's) to nice 19: Linux schedules threads apart,
+    so the worker's own threads keep their priority."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (OSError, AttributeError):  # another OS, or not allowed: run at normal priority
+        log.warning("the shadow's thread runs at normal CPU priority")
