@@ -169,9 +169,16 @@ def browser(stack: Stack) -> Iterator[Any]:
 
 
 def until(check: Callable[[], Any], seconds: float = 20.0, what: str = "") -> Any:
+    """Poll ``check`` until it is truthy. The page redraws itself every few seconds, so an
+    element found a moment ago may be gone: that counts as not yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + seconds
     while True:
-        value = check()
+        try:
+            value = check()
+        except StaleElementReferenceException:
+            value = None
         if value or time.monotonic() > deadline:
             assert value, f"timed out after {seconds} s waiting for {what}"
             return value
@@ -497,14 +504,18 @@ def test_rollback_from_the_page_needs_the_right_token(stack: Stack, browser: Any
     token = browser.find_element("id", "token")
     token.send_keys("nope")
     browser.find_element("id", "rollback").click()
-    message = browser.find_element("id", "admin-message")
-    until(lambda: message.text.startswith("403"), 5, "the refusal")
-    assert wrong.json()["error"] in message.text
+
+    def message() -> str:
+        return str(browser.find_element("id", "admin-message").text)
+
+    until(lambda: message().startswith("403"), 5, "the refusal")
+    assert wrong.json()["error"] in message()
     assert stack.get("/models", model=stack.model)["live"] == stack.old
     # the refused POST itself is the one console error allowed
     assert severe(browser, lambda m: "/models/rollback" in m and "403" in m) == []
     assert "nope" not in browser.current_url
 
+    token = browser.find_element("id", "token")
     token.clear()
     token.send_keys(TOKEN)
     browser.find_element("id", "rollback").click()
@@ -516,8 +527,9 @@ def test_rollback_from_the_page_needs_the_right_token(stack: Stack, browser: Any
     )
     assert time.monotonic() - clicked < 3
     assert stack.get("/models", model=stack.model)["live"] == stack.new
-    assert stack.new in message.text and "rollback" in message.text
-    assert token.get_attribute("value") == ""  # not kept
+    text = until(message, 3, "the switch message")
+    assert stack.new in text and "rollback" in text
+    assert browser.find_element("id", "token").get_attribute("value") == ""  # not kept
     assert TOKEN not in browser.current_url
     assert browser.execute_script("return localStorage.length + sessionStorage.length") == 0
     assert severe(browser) == []
