@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import bentoml
@@ -60,106 +61,62 @@ def _count_state_error(operation: str, exc: StateError) -> None:
     get_metrics().state_errors.labels(operation).inc()
 
 
-async def _get_models(request: Request) -> JSONResponse:
+def _json_route(
+    operation: str, answer: Callable[[Any], dict[str, Any]]
+) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """A GET route answering ``answer(query)`` in a thread: a ``RequestError`` is its
+    refusal, a failed state read a counted 503."""
+
+    async def route(request: Request) -> JSONResponse:
+        try:
+            try:
+                return JSONResponse(await asyncio.to_thread(answer, request.query_params))
+            except StateError as exc:
+                raise _state_unavailable(operation, exc) from None
+        except RequestError as exc:
+            return _refusal(exc)
+
+    return route
+
+
+def _exposition() -> MetricsExposition:
+    if _EXPOSITION is None:
+        raise RequestError(503, "not_ready", "the service is starting")
+    return _EXPOSITION
+
+
+def _history(q: Any) -> dict[str, Any]:
+    core = _core()
     try:
-        try:
-            model = request.query_params.get("model") or None
-            return JSONResponse(await asyncio.to_thread(_core().models, model))
-        except StateError as exc:
-            raise _state_unavailable("models", exc) from None
-    except RequestError as exc:
-        return _refusal(exc)
-
-
-async def _get_monitoring(request: Request) -> JSONResponse:
+        name = core.fleet.get(q.get("model") or None).name
+    except LookupError as exc:
+        raise RequestError(404, "unknown_model", str(exc)) from None
     try:
-        if _EXPOSITION is None:
-            raise RequestError(503, "not_ready", "the service is starting")
-        version = request.query_params.get("version")
-        model = request.query_params.get("model")
-        try:
-            snapshot = await asyncio.to_thread(_EXPOSITION.snapshot, version, model)
-        except StateError as exc:
-            raise _state_unavailable("monitoring", exc) from None
-        return JSONResponse(snapshot)
-    except RequestError as exc:
-        return _refusal(exc)
+        since = float(q.get("since") or 0.0)
+    except ValueError:
+        raise RequestError(400, "bad_type", "'since' must be a Unix time") from None
+    return history_document(core.state, name, since, q.get("version") or None)
 
 
-async def _get_compare(request: Request) -> JSONResponse:
+def _feature(q: Any) -> dict[str, Any]:
     try:
-        if _EXPOSITION is None:
-            raise RequestError(503, "not_ready", "the service is starting")
-        model = request.query_params.get("model")
-        try:
-            return JSONResponse(await asyncio.to_thread(_EXPOSITION.compare, model))
-        except StateError as exc:
-            raise _state_unavailable("monitoring", exc) from None
-    except RequestError as exc:
-        return _refusal(exc)
+        index = int(q.get("feature", ""))
+    except ValueError:
+        raise RequestError(400, "bad_type", "'feature' must be a feature index") from None
+    return _exposition().feature(q.get("model"), q.get("version"), index)
 
 
-async def _get_history(request: Request) -> JSONResponse:
-    try:
-        core = _core()
-        query = request.query_params
-        try:
-            name = core.fleet.get(query.get("model") or None).name
-        except LookupError as exc:
-            raise RequestError(404, "unknown_model", str(exc)) from None
-        try:
-            since = float(query.get("since") or 0.0)
-        except ValueError:
-            raise RequestError(400, "bad_type", "'since' must be a Unix time") from None
-        version = query.get("version") or None
-        try:
-            doc = await asyncio.to_thread(history_document, core.state, name, since, version)
-        except StateError as exc:
-            raise _state_unavailable("monitoring", exc) from None
-        return JSONResponse(doc)
-    except RequestError as exc:
-        return _refusal(exc)
-
-
-async def _get_feature(request: Request) -> JSONResponse:
-    try:
-        if _EXPOSITION is None:
-            raise RequestError(503, "not_ready", "the service is starting")
-        q = request.query_params
-        try:
-            index = int(q.get("feature", ""))
-        except ValueError:
-            raise RequestError(400, "bad_type", "'feature' must be a feature index") from None
-        args = (q.get("model"), q.get("version"), index)
-        try:
-            return JSONResponse(await asyncio.to_thread(_EXPOSITION.feature, *args))
-        except StateError as exc:
-            raise _state_unavailable("monitoring", exc) from None
-    except RequestError as exc:
-        return _refusal(exc)
-
-
-async def _get_scores(request: Request) -> JSONResponse:
-    try:
-        if _EXPOSITION is None:
-            raise RequestError(503, "not_ready", "the service is starting")
-        q = request.query_params
-        try:
-            doc = await asyncio.to_thread(_EXPOSITION.scores, q.get("model"), q.get("version"))
-        except StateError as exc:
-            raise _state_unavailable("monitoring", exc) from None
-        return JSONResponse(doc)
-    except RequestError as exc:
-        return _refusal(exc)
-
-
-async def _get_card(request: Request) -> JSONResponse:
-    try:
-        q = request.query_params
-        doc = await asyncio.to_thread(_core().card, q.get("model") or None, q.get("version"))
-        return JSONResponse(doc)
-    except RequestError as exc:
-        return _refusal(exc)
+_get_models = _json_route("models", lambda q: _core().models(q.get("model") or None))
+_get_monitoring = _json_route(
+    "monitoring", lambda q: _exposition().snapshot(q.get("version"), q.get("model"))
+)
+_get_compare = _json_route("monitoring", lambda q: _exposition().compare(q.get("model")))
+_get_history = _json_route("monitoring", _history)
+_get_feature = _json_route("monitoring", _feature)
+_get_scores = _json_route(
+    "monitoring", lambda q: _exposition().scores(q.get("model"), q.get("version"))
+)
+_get_card = _json_route("models", lambda q: _core().card(q.get("model") or None, q.get("version")))
 
 
 def _refusal(exc: RequestError) -> JSONResponse:
