@@ -41,9 +41,6 @@ MAX_GROUP = 32
 MAX_GROUP_ROWS = 256
 """Requests, and rows, the shadow predicts in one call: past a few hundred rows numpy's
 BLAS splits the anomaly score across threads and a group costs more than its parts."""
-IDLE_WAIT, IDLE_STEP = 0.05, 0.002
-"""How long the shadow waits for the worker to have no request in flight, and how often
-it looks."""
 
 
 def route(
@@ -87,13 +84,9 @@ class Shadow:
         self._task: asyncio.Task[None] | None = None
         self._started: set[tuple[str, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.in_flight = 0  # requests this worker is answering (ArgusCore counts them)
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="argus-shadow", initializer=_lowest_priority
         )
-
-    def busy(self) -> bool:
-        return self.in_flight > 0
 
     def offer(
         self,
@@ -137,17 +130,13 @@ class Shadow:
         return len(picked)
 
     async def _run(self) -> None:
-        """Predict what the queue holds, coalesced: while requests are in flight the
-        shadow waits (up to ``IDLE_WAIT`` s), then takes every queued request of the same
-        version as one onnxruntime call and one journal record."""
+        """Predict what the queue holds, coalesced: every queued request of the same
+        version (up to ``MAX_GROUP`` requests or ``MAX_GROUP_ROWS`` rows) as one
+        onnxruntime call and one journal record."""
         queue = self._queue
         assert queue is not None
         while True:
             first = await queue.get()
-            waited = 0.0
-            while self.busy() and waited < IDLE_WAIT:  # answers first: the shadow can wait
-                await asyncio.sleep(IDLE_STEP)
-                waited += IDLE_STEP
             group = [first]
             rows = len(first[1])
             while not queue.empty() and len(group) < MAX_GROUP and rows < MAX_GROUP_ROWS:

@@ -118,15 +118,6 @@ class ArgusCore:
     ) -> tuple[list[str], Prediction]:
         """Predict validated rows with ``live``, score them and make them durable before
         returning, whichever door (``/predict``, the inference protocol) they came in by."""
-        self.shadow.in_flight += 1  # the shadow waits while answers are being made
-        try:
-            return await self._predict_rows(live, X, client_ids)
-        finally:
-            self.shadow.in_flight -= 1
-
-    async def _predict_rows(
-        self, live: LoadedVersion, X: np.ndarray, client_ids: list[str] | None
-    ) -> tuple[list[str], Prediction]:
         if client_ids is not None:
             for i, row_id in enumerate(client_ids):
                 if row_id.endswith(SHADOW_SUFFIX):

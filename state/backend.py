@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import operator
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Sequence
 
@@ -24,7 +25,7 @@ from state.types import UNDO, ErrorHook, LiveMarker, PredictionWindow, StateOpti
 log = logging.getLogger("argus.state")
 
 
-class Backend:
+class Backend(ABC):
     """The shared half of a ``StateStore``; subclasses provide the storage primitives."""
 
     def __init__(self, options: StateOptions | None = None) -> None:
@@ -34,14 +35,14 @@ class Backend:
 
     # -- primitives each backend provides ------------------------------------------------
 
-    def live_marker(self, model: str) -> LiveMarker:
-        raise NotImplementedError
+    @abstractmethod
+    def live_marker(self, model: str) -> LiveMarker: ...
 
-    def history(self, model: str) -> list[Switch]:
-        raise NotImplementedError
+    @abstractmethod
+    def history(self, model: str) -> list[Switch]: ...
 
-    def prune(self, now: float) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def prune(self, now: float) -> int: ...
 
     # -- written once --------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ import fcntl
 import logging
 import os
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ from state.types import (
 log = logging.getLogger("argus.journal")
 
 
-class SharedState:
+class SharedState(ABC):
     """A ``StateStore`` as a recording or reading process holds it.
 
     Every ``StateStore`` method is here, delegating to ``inner`` (the backend); reads of
@@ -98,9 +99,9 @@ class SharedState:
 
     # -- what the two forms do differently -------------------------------------------
 
+    @abstractmethod
     def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
         """Make ``batch`` durable; ``DuplicateIdError`` for ids already recorded."""
-        raise NotImplementedError
 
     async def record_answered(self, batch: PredictionBatch) -> None:
         """``record_batch`` from the event loop, for rows whose ids were checked."""
@@ -110,7 +111,7 @@ class SharedState:
         """Move pending local writes into the store; the number of rows moved."""
         return 0
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - most forms have nothing to start
         """Start background work (ingestion), if this form has any."""
 
     # -- the StateStore methods --------------------------------------------------------
