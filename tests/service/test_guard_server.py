@@ -44,9 +44,12 @@ def versions(outcome: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[St
 
 
 def simulate(srv: ArgusServer, seconds: float) -> subprocess.Popen[str]:
+    """Clean traffic, half of it labelled 10 s late (the policy above judges agreement,
+    which needs no label, so the rollback comes before the labels)."""
     return subprocess.Popen(
         [ARGUS, "simulate", "--url", srv.url, "--scenario", "clean", "--duration", str(seconds),
-         "--rate", "20", "--batch", "8", "--label-fraction", "0", "--seed", "3"],
+         "--rate", "20", "--batch", "8", "--label-delay", "10", "--label-fraction", "0.5",
+         "--seed", "3"],
         env=srv.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -92,7 +95,7 @@ def test_the_guard_rolls_a_bad_version_back_under_traffic(
             event["detail"]["rule"] == "disagrees" and event["detail"]["rows"]["agreement"] >= 100
         )
         assert " 0 errors" in out, out  # zero failed requests while it switched twice
-        print(f"\nbad version activated -> automatic rollback in {took:.1f} s (no labels); {out}")
+        print(f"\nbad version activated -> automatic rollback in {took:.1f} s; {out}")
         with srv.client() as c:
             assert c.get("/models").json()["live"] == good.version
             metrics = c.get("/metrics").text
