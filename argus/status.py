@@ -22,6 +22,13 @@ def render_status(snap: dict[str, Any], top: int = 10) -> str:
         f"{snap['totals']['predictions']} predictions, {snap['totals']['labelled']} labelled "
         f"in all (coverage {_pct(snap.get('label_coverage'))})",
     ]
+    state = snap.get("state")
+    if state and (not state.get("available") or state.get("waiting_rows")):
+        lines.append(
+            f"state        BEHIND: {state.get('waiting_rows', 0)} answered rows wait on this "
+            "machine to be replayed; figures leave them out until then"
+            + ("" if state.get("available") else " (the shared state is unavailable)")
+        )
     perf = snap.get("performance")
     estimate = snap.get("estimated_accuracy")
     if perf:

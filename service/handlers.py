@@ -32,6 +32,7 @@ from service.metrics import ServiceMetrics, observe_many
 from service.runtime import LoadedVersion, ModelRuntime, Prediction
 from service.settings import Settings
 from service.validation import (
+    RETRY_AFTER,
     RequestError,
     check_labels,
     parse_feedback,
@@ -178,9 +179,10 @@ class ArgusCore:
     async def _record(self, batch: PredictionBatch) -> None:
         """Make the predictions durable before the response leaves
         (``SharedState.record_answered``). A duplicate id that raced past
-        ``_check_new_ids`` is the client's error (409). A failing store is not: the
-        prediction is still answered (availability over monitoring completeness), the
-        failure is counted and logged.
+        ``_check_new_ids`` is the client's error (409). A store that is away is not: the
+        rows wait in this machine's spill and are replayed when it is back. Only a spill
+        that cannot be written either raises here: the rows are answered all the same,
+        counted as dropped, and the failure is counted and logged.
         """
         try:
             await self.state.record_answered(batch)
@@ -188,7 +190,7 @@ class ArgusCore:
             raise RequestError(409, "duplicate_ids", str(exc)) from None
         except StateError as exc:
             self.metrics.state_errors.labels("record").inc()
-            log.error("prediction log write failed, answering anyway: %s", exc)
+            log.error("answered rows neither stored nor spilled (dropped, counted): %s", exc)
 
     # -- feedback --------------------------------------------------------------------
 
@@ -196,11 +198,11 @@ class ArgusCore:
         if self.settings.feedback_token:
             self._check_token(authorization, self.settings.feedback_token, "ARGUS_FEEDBACK_TOKEN")
         pairs = parse_feedback(feedback, self.settings.max_batch)
-        try:
+        try:  # the lookup replays this machine's spill first: a spilled id is found
             known = await asyncio.to_thread(self.state.lookup, [fid for fid, _ in pairs])
         except StateError as exc:
             self.metrics.state_errors.labels("lookup").inc()
-            raise RequestError(503, "state_unavailable", f"feedback not recorded: {exc}") from None
+            raise self._state_away("feedback not recorded", exc) from None
         check_labels(
             [
                 (fid, label, self._classes_of(known[fid].model, known[fid].version))
@@ -213,7 +215,7 @@ class ArgusCore:
             result = await asyncio.to_thread(self.state.record_feedback, pairs, now)
         except StateError as exc:
             self.metrics.state_errors.labels("feedback").inc()
-            raise RequestError(503, "state_unavailable", f"feedback not recorded: {exc}") from None
+            raise self._state_away("feedback not recorded", exc) from None
         self._count_feedback(result.accepted_records, now)
         await self._label_shadow_rows(result.accepted_records, now)
         return {
@@ -221,6 +223,27 @@ class ArgusCore:
             "unknown_ids": list(result.unknown_ids),
             "duplicate_ids": list(result.duplicate_ids),
         }
+
+    def _state_away(self, what: str, exc: StateError) -> RequestError:
+        """A 503 ``state_unavailable`` saying when to retry and what waits for the state."""
+        return RequestError(
+            503, "state_unavailable",
+            f"{what}: {exc} ({self.waiting_rows()} answered rows wait to be replayed; "
+            "retry after the state is back)",
+            headers={"Retry-After": RETRY_AFTER},
+        )  # fmt: skip
+
+    def waiting_rows(self) -> int:
+        """Answered rows on this machine that the shared state has not taken yet."""
+        try:
+            return self.state.backlog()
+        except (OSError, ValueError) as exc:  # a file retired or torn while counting
+            log.warning("spill not counted: %s", exc)
+            return 0
+
+    def state_status(self) -> dict[str, Any]:
+        """Whether this worker reaches the shared state, and the rows waiting for it."""
+        return {"available": self.state.available, "waiting_rows": self.waiting_rows()}
 
     def _count_feedback(self, records: list[FeedbackRecord], now: float) -> None:
         for rec in records:

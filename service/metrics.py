@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 SCORE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
@@ -52,6 +52,23 @@ class ServiceMetrics:
             "switch, models, metrics, ingest, prune).",
             ["operation"],
         )
+        self.state_rows = {
+            kind: Counter(
+                f"argus_state_{kind}_rows",
+                f"Answered rows {what}.",
+            )
+            for kind, what in (
+                ("spilled", "kept in this machine's spill while the shared state was away"),
+                ("replayed", "replayed from the spill into the shared state"),
+                ("dropped", "lost: the spill was full (ARGUS_SPILL_MAX_BYTES) or not writable"),
+            )
+        }
+        self.state_available = Gauge(
+            "argus_state_available",
+            "1 while this worker's last write to the shared state succeeded, else 0.",
+            multiprocess_mode="liveall",
+        )
+        self.state_available.set(1)
         self.inference_duration = Histogram(
             "argus_inference_duration_seconds",
             "Time from a validated request to its prediction, per request.",

@@ -40,3 +40,35 @@ def install() -> None:
     if getattr(current, "argus_tolerant", False):
         return
     MmapedDict.read_all_values_from_file = staticmethod(_tolerant(current))  # type: ignore[method-assign]
+
+
+def forget_dead_workers(directory: str | None = None) -> list[int]:
+    """Remove the per-process gauge files (``gauge_live*_{pid}.db``) of processes that are
+    gone, as prometheus_client's ``mark_process_dead`` does; the pids forgotten.
+
+    ``argus_state_available`` has one series per live worker (``multiprocess_mode=
+    "liveall"``); BentoML replaces a killed worker without telling prometheus_client, so
+    without this the dead worker's last value would be scraped forever.
+    """
+    import os
+    from pathlib import Path
+
+    from prometheus_client import multiprocess
+
+    folder = directory or os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        return []
+    dead = []
+    for path in Path(folder).glob("gauge_live*_*.db"):
+        try:
+            pid = int(path.stem.rsplit("_", 1)[1])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            dead.append(pid)
+        except PermissionError:  # alive, another user's
+            continue
+    for pid in sorted(set(dead)):
+        multiprocess.mark_process_dead(pid, folder)
+    return sorted(set(dead))

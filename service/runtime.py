@@ -4,6 +4,12 @@ A worker keeps a small cache of loaded versions. Each request takes the live
 ``LoadedVersion`` once, at its start, and uses only that object, so a request in flight
 finishes on the session it started with even if the pointer moves meanwhile. A
 background poll (``refresh``) follows the pointer in the shared state.
+
+A worker never switches because the pointer *vanished* (a Redis restarted empty or
+flushed): once it has seen a pointer, it keeps serving its version when the pointer is
+gone, and re-asserts it through ``restore`` (reason ``restored``; of several workers
+exactly one succeeds), with its shadow or canary. Only a worker that never saw a pointer
+serves the newest stored version. A failed read of the pointer changes nothing either.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from errors import ModelNotFoundError, ModelVerificationError
+from errors import ModelNotFoundError, ModelVerificationError, StateError
 from models import store
 from monitoring.profile import ReferenceProfile
 from state.types import SHADOW, Candidate
@@ -87,8 +93,12 @@ class ModelRuntime:
         cache_size: int = 3,
         model_source: Path | None = None,
         candidate: Callable[[], Candidate | None] = lambda: None,
+        restore: Callable[[str, Candidate | None], bool] | None = None,
     ) -> None:
         self.name = name
+        self._restore = restore
+        self.pointer_seen: str | None = None  # the last pointer read (None: never one)
+        self.lost = False  # the pointer this worker had seen is gone: keep what serves
         self._candidate_setting = candidate
         self.candidate: tuple[Candidate, LoadedVersion] | None = None
         self.had_shadow = False  # a shadow ran in this worker's life: labels credit it
@@ -125,7 +135,11 @@ class ModelRuntime:
     def target_version(self) -> str:
         version = self._live_version()
         if version is not None:
+            self.pointer_seen, self.lost = version, False
             return version
+        if self.pointer_seen is not None and self._live is not None:
+            self._pointer_lost(self._live)  # never "newest" because the pointer vanished
+            return self._live.version
         if store.store_marker(self.name) == 0:
             self.sync()
         marker = store.store_marker(self.name)  # re-list the store only when it changed
@@ -166,8 +180,27 @@ class ModelRuntime:
         ``last_error`` and logged once per distinct message.
         """
         changed = self._follow_live()
-        self._follow_candidate()
+        if not self.lost:  # a lost state's "no candidate" is a loss too, not a stop
+            self._follow_candidate()
         return changed
+
+    def _pointer_lost(self, live: LoadedVersion) -> None:
+        """The pointer this worker followed is gone: re-assert it from what serves."""
+        if not self.lost:
+            log.error(
+                "the live pointer of %s vanished from the shared state (was %s): "
+                "keeping %s and restoring the pointer", self.name, self.pointer_seen,
+                live.version,
+            )  # fmt: skip
+        self.lost = True
+        if self._restore is None:
+            return
+        held = self.candidate[0] if self.candidate is not None else None
+        try:
+            if self._restore(live.version, held):
+                log.warning("restored the live pointer of %s to %s", self.name, live.version)
+        except StateError as exc:
+            log.error("live pointer of %s not restored yet: %s", self.name, exc)
 
     def _follow_candidate(self) -> None:
         """Load the shadow or canary the shared state names (``None`` ends it)."""
@@ -195,7 +228,9 @@ class ModelRuntime:
             if self._live is not None and self._live.version == target:
                 return False
             loaded = self.load(target)
-        except (ModelNotFoundError, ModelVerificationError, OSError, ValueError) as exc:
+        except (
+            ModelNotFoundError, ModelVerificationError, StateError, OSError, ValueError,
+        ) as exc:  # fmt: skip
             message = str(exc)
             if message != self.last_error:
                 log.error("live version not switched: %s", message)

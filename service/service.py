@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -34,8 +35,9 @@ from service.metrics import get_metrics
 from service.middleware import LimitsMiddleware
 from service.runtime import ModelRuntime
 from service.settings import Settings
-from service.validation import RequestError, Rows
+from service.validation import RETRY_AFTER, RequestError, Rows
 from state.opener import open_state
+from state.types import Candidate
 
 log = logging.getLogger("argus.service")
 
@@ -51,14 +53,28 @@ def _core() -> ArgusCore:
 
 
 def _state_unavailable(operation: str, exc: StateError) -> RequestError:
-    """A failed read of the shared state on a GET route: counted, logged, a 503."""
+    """A failed read of the shared state on a GET route: counted, logged, a 503 that says
+    when to try again and how many answered rows wait on this machine for the state."""
     get_metrics().state_errors.labels(operation).inc()
     log.error("shared state read failed (%s): %s", operation, exc)
-    return RequestError(503, "state_unavailable", f"the shared state is unavailable: {exc}")
+    waiting = _CORE.waiting_rows() if _CORE is not None else 0
+    return RequestError(
+        503, "state_unavailable",
+        f"the shared state is unavailable: {exc} ({waiting} answered rows wait to be replayed)",
+        headers={"Retry-After": RETRY_AFTER},
+    )  # fmt: skip
 
 
 def _count_state_error(operation: str, exc: StateError) -> None:
     get_metrics().state_errors.labels(operation).inc()
+
+
+def _count_state_rows(kind: str, rows: int) -> None:
+    get_metrics().state_rows[kind].inc(rows)
+
+
+def _state_available(available: bool) -> None:
+    get_metrics().state_available.set(1 if available else 0)
 
 
 def _json_route(
@@ -108,7 +124,11 @@ def _feature(q: Any) -> dict[str, Any]:
 
 _get_models = _json_route("models", lambda q: _core().models(q.get("model") or None))
 _get_monitoring = _json_route(
-    "monitoring", lambda q: _exposition().snapshot(q.get("version"), q.get("model"))
+    "monitoring",
+    lambda q: {
+        **_exposition().snapshot(q.get("version"), q.get("model")),
+        "state": _core().state_status(),  # figures rest on a state that may be behind
+    },
 )
 _get_compare = _json_route("monitoring", lambda q: _exposition().compare(q.get("model")))
 _get_history = _json_route("monitoring", _history)
@@ -123,7 +143,8 @@ def _refusal(exc: RequestError) -> JSONResponse:
     """A GET route's error answer; a 4xx is counted like every other refusal."""
     if exc.status < 500:
         get_metrics().invalid_requests.labels(exc.reason).inc()
-    return JSONResponse(exc.body(), status_code=exc.status, headers={"x-argus-reason": exc.reason})
+    headers = {"x-argus-reason": exc.reason, **exc.headers}
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 read_api = Starlette(
@@ -170,14 +191,25 @@ class Argus:
             retention_seconds=settings.retention_seconds,
             max_rows=settings.retention_rows,
             busy_timeout=settings.state_busy_timeout,
+            spill_max_bytes=settings.spill_max_bytes,
         )
         state.on_error = _count_state_error  # a failed prune or ingestion: logged, counted
+        state.on_rows = _count_state_rows  # spilled, replayed and dropped rows
+        state.on_available = _state_available
+
+        def restore(name: str, version: str, candidate: Candidate | None) -> bool:
+            """Re-assert a vanished pointer (and the candidate this worker held)."""
+            if candidate is not None and state.get_candidate(name) is None:
+                state.set_candidate(name, candidate)
+            actor = f"worker {os.getpid()}"
+            return state.restore_live(name, version, time.time(), actor=actor)
 
         def runtime_of(name: str) -> ModelRuntime:
             return ModelRuntime(
                 name,
                 lambda: state.get_live(name),
                 candidate=lambda: state.get_candidate(name),
+                restore=lambda version, held: restore(name, version, held),
                 threads=settings.onnx_threads,
                 model_source=settings.model_source,
             )
@@ -250,10 +282,14 @@ class Argus:
 
     async def _poll(self) -> None:
         interval = self.core.settings.poll_seconds
+        rounds = 0
         while True:
             await asyncio.sleep(interval)
             try:
                 await asyncio.to_thread(self.core.fleet.refresh)
+                rounds += 1
+                if rounds % 10 == 1:  # a killed worker's per-process gauges go
+                    prometheus_files.forget_dead_workers()
             except Exception:  # keep polling whatever one round did
                 log.exception("live-pointer poll failed")
 
@@ -370,6 +406,8 @@ class Argus:
     def _error(self, ctx: bentoml.Context, exc: RequestError) -> dict[str, Any]:
         ctx.response.status_code = exc.status
         ctx.response.headers["x-argus-reason"] = exc.reason
+        for name, value in exc.headers.items():
+            ctx.response.headers[name] = value
         if exc.status < 500:
             self.core.metrics.invalid_requests.labels(exc.reason).inc()
         return exc.body()

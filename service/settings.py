@@ -44,6 +44,7 @@ class Settings:
     poll_seconds: float = 0.5
     metrics_cache_seconds: float = 1.0
     state_busy_timeout: float = 5.0
+    spill_max_bytes: int = 256 * 1024 * 1024
     model_source: Path | None = None
     guard_mode: str = "off"
     guard_file: Path | None = None
@@ -89,7 +90,7 @@ class Settings:
                 raise SettingsError(f"ARGUS_{name.upper()} must be >= 1")
         if self.port > 65535:
             raise SettingsError("ARGUS_PORT must be a port number from 1 to 65535")
-        for name in ("input_window", "label_window"):
+        for name in ("input_window", "label_window", "spill_max_bytes"):
             if int(getattr(self, name)) < 0:
                 raise SettingsError(f"ARGUS_{name.upper()} must be >= 0")
         if self.guard_mode not in ("off", "dry-run", "act"):

@@ -29,14 +29,21 @@ Rows = Annotated[list[Annotated[list[Feature], Field(fail_fast=True)]], Field(fa
 _Rows: TypeAdapter[list[list[float]]] = TypeAdapter(Rows)
 
 
-class RequestError(Exception):
-    """A client error: ``status`` (4xx), ``reason`` (metric label) and a message."""
+RETRY_AFTER = "2"  # seconds, on a 503 while the shared state is away
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+
+class RequestError(Exception):
+    """A refusal: ``status`` (a 4xx, or a 503 while something is away), ``reason`` (metric
+    label), a message, and response ``headers`` (``Retry-After`` on a 503)."""
+
+    def __init__(
+        self, status: int, reason: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
         return {"error": self.message, "reason": self.reason}

@@ -4,7 +4,8 @@ It picks the backend from the URL and whether this machine's journal sits in fro
 it (docs/architecture.md#shared-state): SQLite (one machine, the default) behind the
 journal, so the request path appends to a local file and every reader ingests first;
 Redis (replicas on several machines) written through, since replicas cannot read each
-other's journal files.
+other's journal files, with a spill folder (``home/spill``) for the rows Redis cannot
+take while it is away.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from errors import StateError
-from state.shared import JournaledState, SharedState, WriteThroughState
+from state.shared import (
+    DEFAULT_SPILL_MAX_BYTES,
+    JournaledState,
+    SharedState,
+    WriteThroughState,
+)
 from state.types import StateOptions, StateStore
 
 
@@ -22,6 +28,8 @@ def open_state(
     *,
     journal: bool | None = None,
     background: bool = False,
+    spill: bool = True,
+    spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
     **options: object,
 ) -> SharedState:
     """Open the shared state named by ``url``.
@@ -30,11 +38,15 @@ def open_state(
     ``"sqlite:///abs/path.db"`` an absolute path, ``"sqlite://rel.db"`` a path relative to
     ``home``; a ``?mode=ro`` suffix opens it read-only. ``"redis://[user:password@]host:port/db"``
     (or ``rediss://``) selects the Redis backend; ``?prefix=name:`` namespaces its keys
-    (default ``argus:``).
+    (default ``argus:``). ``"redis+sentinel://host:port[,host:port...]/service/db"`` finds
+    the primary of ``service`` through those Redis Sentinels, and follows a failover.
 
     ``journal``: put this machine's journal (``home/journal``) in front of the store;
-    default yes for SQLite, and refused for Redis. ``background``: ingest the journal in a
-    thread of this process. ``options`` are the fields of ``StateOptions``.
+    default yes for SQLite, and refused for Redis. ``spill``: without the journal, keep
+    answered rows the store cannot take in ``home/spill`` until it takes them again.
+    ``background``: ingest the journal (or replay the spill) in a thread of this process.
+    ``spill_max_bytes``: how much one process may hold waiting for the store; beyond it,
+    rows are dropped and counted. ``options`` are the fields of ``StateOptions``.
     """
     try:
         opts = StateOptions(**options)  # type: ignore[arg-type]
@@ -49,8 +61,15 @@ def open_state(
         raise ValueError("journal=True needs the SQLite backend: replicas cannot read it")
     inner = _backend(url, home, opts)
     if journal:
-        return JournaledState(inner, home / "journal", background=background)
-    return WriteThroughState(inner)
+        return JournaledState(
+            inner, home / "journal", background=background, spill_max_bytes=spill_max_bytes
+        )
+    return WriteThroughState(
+        inner,
+        home / "spill" if spill else None,
+        background=background,
+        spill_max_bytes=spill_max_bytes,
+    )
 
 
 def _backend(url: str | None, home: Path, opts: StateOptions) -> StateStore:
@@ -65,7 +84,7 @@ def _backend(url: str | None, home: Path, opts: StateOptions) -> StateStore:
             raise StateError("state url: an in-memory SQLite database cannot be shared")
         path = home / rest if rest else home / "state.sqlite3"
         return SQLiteState(path, opts, read_only=query == "mode=ro")
-    if url.startswith("redis://") or url.startswith("rediss://"):
+    if url.startswith(("redis://", "rediss://", "redis+sentinel://")):
         try:
             from state.redis_store import RedisState
         except ImportError as exc:
@@ -74,4 +93,6 @@ def _backend(url: str | None, home: Path, opts: StateOptions) -> StateStore:
                 f"package ({exc}): pip install 'redis>=5'"
             ) from None
         return RedisState(url, opts)
-    raise StateError(f"state url {url!r}: unsupported scheme (use sqlite:// or redis://)")
+    raise StateError(
+        f"state url {url!r}: unsupported scheme (use sqlite://, redis:// or redis+sentinel://)"
+    )

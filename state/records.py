@@ -90,6 +90,12 @@ class PredictionBatch:
             parts.append(inputs.tobytes())
         return b"".join(parts)
 
+    @staticmethod
+    def rows_of(payload: bytes) -> int:
+        """How many rows an encoded batch holds, read from its header alone."""
+        (hlen,) = _HEAD.unpack_from(payload, 0)
+        return int(from_json(payload[_HEAD.size : _HEAD.size + hlen])["n"])
+
     @classmethod
     def decode(cls, payload: bytes) -> PredictionBatch:
         (hlen,) = _HEAD.unpack_from(payload, 0)

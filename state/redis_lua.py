@@ -163,7 +163,8 @@ for _, ring in ipairs(redis.call('SMEMBERS', KEYS[1])) do
 end
 return 0
 """
-# KEYS: live, hist. ARGV: version, reason, t, expected history length ('' for any), token.
+# KEYS: live, hist. ARGV: version, reason, t, expected history length ('' for any), token,
+# actor, detail, expected live version ('' for any), '1' to switch only if no pointer is set.
 # Returns 1 (switched), 0 (already live) or -1 (the history changed: re-read, retry).
 SWITCH = """
 local last = redis.call('LINDEX', KEYS[2], -1)
@@ -173,6 +174,7 @@ if ARGV[8] and ARGV[8] ~= '' and redis.call('HGET', KEYS[1], 'version') ~= ARGV[
   return -1  -- the live version is no longer the one this switch was decided on
 end
 local previous = redis.call('HGET', KEYS[1], 'version')
+if ARGV[9] == '1' and previous then return -1 end  -- restore only a pointer that is gone
 if previous == ARGV[1] then return 0 end
 local entry = {t = ARGV[3], version = ARGV[1], previous = previous or cjson.null,
   reason = ARGV[2], k = ARGV[5]}

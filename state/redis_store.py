@@ -71,6 +71,7 @@ from state.records import PredictionBatch, PredictionRecord
 from state.redis_db import RedisDB
 from state.types import (
     DEFAULT,
+    RESTORED,
     ROLLBACK,
     Candidate,
     Counts,
@@ -144,7 +145,7 @@ class RedisState(Backend):
         check_unique([r.id for r in records])
         keys, args = self._record_arguments(records, rows32)
         with self._db.use("record predictions") as conn:
-            result = conn.record(keys=keys, args=args, client=conn.client)
+            result = conn.write(conn.record, keys, args)
         if result[0] == 1:
             taken = sorted(i.decode() for i in result[1:])
             raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken)
@@ -198,7 +199,7 @@ class RedisState(Backend):
                 args += [first[id_], _Q.pack(first[id_])]
             keys = [f"{self.prefix}p:{id_}" for id_ in distinct]
             with self._db.use("record feedback") as conn:
-                replies = conn.feedback(keys=keys, args=args, client=conn.client)
+                replies = conn.write(conn.feedback, keys, args)
             outcome = dict(zip(distinct, replies, strict=True))
         accepted: list[str] = []
         unknown: list[str] = []
@@ -331,6 +332,9 @@ class RedisState(Backend):
         )
         return done >= 0
 
+    def restore_live(self, model: str, version: str, t: float, *, actor: str | None = None) -> bool:
+        return self._switch(model, version, RESTORED, t, "", actor=actor, if_absent=True) > 0
+
     def _switch(
         self,
         model: str,
@@ -341,13 +345,14 @@ class RedisState(Backend):
         actor: str | None = None,
         detail: dict[str, Any] | None = None,
         expected_live: str | None = None,
+        if_absent: bool = False,
     ) -> int:
         keys = [f"{self.prefix}live:{_escape(model)}", f"{self.prefix}hist:{_escape(model)}"]
         with self._db.use("set the live version") as conn:
             args: list[Any] = [version, reason, repr(float(t)), expected, os.urandom(8).hex()]
             args += [actor or "", "" if detail is None else json.dumps(detail, allow_nan=False)]
-            args.append(expected_live or "")
-            return int(conn.switch(keys=keys, args=args, client=conn.client))
+            args += [expected_live or "", "1" if if_absent else ""]
+            return int(conn.write(conn.switch, keys, args))
 
     def put_doc(self, name: str, doc: dict[str, Any]) -> None:
         with self._db.use("store a document") as conn:

@@ -8,6 +8,12 @@ behind it. It has two forms (docs/architecture.md#shared-state):
 * ``JournaledState`` -- a write-behind prediction log, described below. One machine
   (SQLite, the default) uses it.
 
+Both keep answered rows when the store cannot take them (``Spool`` below): the rows wait in
+a journal folder of this machine (``spill/`` behind Redis; the journal itself in front of
+SQLite) and are replayed, in order and exactly once (ids are the key), when the store
+answers again. The wait is bounded by ``spill_max_bytes`` per process; beyond it rows are
+dropped, and every spilled, replayed and dropped row is counted (``on_rows``).
+
 ``JournaledState``: a per-process journal file in front of the shared state.
 
 The hot path of ``/predict`` must make every answered prediction durable before the
@@ -39,12 +45,10 @@ the first one ingested keeps the id, the other rows are dropped and counted in
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +56,7 @@ import numpy as np
 
 from errors import DuplicateIdError, StateError
 from state.backend import check_unique
-from state.journal import Journal, read_frames, read_offset, write_offset
+from state.journal import JournalFolder
 from state.records import PredictionBatch, PredictionRecord
 from state.types import (
     ROLLBACK,
@@ -70,6 +74,9 @@ from state.types import (
 
 log = logging.getLogger("argus.journal")
 
+DEFAULT_SPILL_MAX_BYTES = 256 << 20  # per process: about 600k rows of the digits model
+RowsHook = Callable[[str, int], None]  # ("spilled" | "replayed" | "dropped", rows)
+
 
 class SharedState(ABC):
     """A ``StateStore`` as a recording or reading process holds it.
@@ -79,6 +86,10 @@ class SharedState(ABC):
     ``record_answered`` is what the request path calls to make a request's rows durable
     before its response leaves.
     """
+
+    available = True  # this process's last write or ingestion succeeded
+    on_rows: RowsHook | None = None  # told of spilled, replayed and dropped rows
+    on_available: Callable[[bool], None] | None = None  # told when ``available`` changes
 
     def __init__(self, inner: StateStore) -> None:
         self.inner = inner
@@ -113,6 +124,10 @@ class SharedState(ABC):
 
     def start(self) -> None:  # noqa: B027 - most forms have nothing to start
         """Start background work (ingestion), if this form has any."""
+
+    def backlog(self) -> int:
+        """Answered rows on this machine that wait for the store (spilled or journaled)."""
+        return 0
 
     # -- the StateStore methods --------------------------------------------------------
 
@@ -181,6 +196,9 @@ class SharedState(ABC):
             expected_live=expected_live,
         )
 
+    def restore_live(self, model: str, version: str, t: float, *, actor: str | None = None) -> bool:
+        return self.inner.restore_live(model, version, t, actor=actor)
+
     def history(self, model: str) -> list[Switch]:
         return self.inner.history(model)
 
@@ -237,128 +255,133 @@ class SharedState(ABC):
         self.close()
 
 
-class WriteThroughState(SharedState):
-    """Every write reaches the store before it returns (one round trip per request:
-    the Redis backend writes a request's rows in one script)."""
+class Spool(SharedState):
+    """A ``SharedState`` with a journal folder of this machine in front of or behind the
+    store (the module doc): what it spills, replays and drops, and the thread that
+    replays.
 
-    def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
-        self.inner.record_batches([self.options.as_kept(batch)])
-
-
-class JournaledState(SharedState):
-    """Prediction writes go through this process's journal (see the module doc); every
-    read ingests the journals of this machine first."""
+    ``available`` is this process's view of the store: false from a failed write or
+    ingestion until an ingestion pass succeeds. Rows journaled while it is false are
+    *spilled*: counted, bounded by ``spill_max_bytes`` (bytes this process spilled and
+    no pass has stored yet), and counted as *replayed* after the first pass that
+    succeeds once they were written -- whichever process of the machine stored them.
+    """
 
     def __init__(
         self,
         inner: StateStore,
-        directory: Path,
+        directory: Path | None,
         *,
         ingest_every: float = 0.2,
-        background: bool = False,
+        spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
     ) -> None:
         super().__init__(inner)
-        self.directory = Path(directory)
-        self.journal = Journal(self.directory)
+        self.directory = None if directory is None else Path(directory)
+        self.folder = (
+            None
+            if directory is None
+            else JournalFolder(directory, lambda payloads: self._store(payloads))
+        )
         self.ingest_every = ingest_every
+        self.spill_max_bytes = spill_max_bytes
         self.dropped_duplicates = 0
+        self._spilled = (0, 0)  # rows, bytes spilled by this process and not yet stored
+        self._lock = threading.Lock()  # the counters above
+        self._pass = threading.Lock()  # one ingestion pass of this process at a time
+        self._dropping = False  # logged once per stretch of drops
         self._failing: str | None = None
-        self._offsets: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if background:
-            self.start()
 
-    # -- the hot path ----------------------------------------------------------------
+    # -- writing to the folder --------------------------------------------------------
 
-    def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
-        """Make ``batch`` durable; raises ``DuplicateIdError`` for ids already stored."""
-        check_unique(batch.ids)
-        if check_ids:
-            taken = sorted(self.lookup(list(batch.ids)))
-            if taken:
-                raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken)
-        self.journal.append(self.options.as_kept(batch).encode())
+    def _journal(self, batch: PredictionBatch, spill: bool) -> None:
+        """Append ``batch`` (already ``as_kept``) to this process's journal file. A spilled
+        batch beyond the bound is dropped and counted; a failed append drops and counts the
+        rows, then raises ``StateError``."""
+        assert self.folder is not None
+        payload = batch.encode()
+        n = len(batch.ids)
+        if spill:
+            with self._lock:
+                full = self._spilled[1] + len(payload) > self.spill_max_bytes
+            if full:
+                if not self._dropping:
+                    log.error(
+                        "spill of %s is full (%d bytes): dropping answered rows until the "
+                        "state is back (ARGUS_SPILL_MAX_BYTES)", self.directory,
+                        self.spill_max_bytes,
+                    )  # fmt: skip
+                self._dropping = True
+                self._count("dropped", n)
+                return
+        try:
+            self.folder.writer.append(payload)
+        except StateError:
+            self._count("dropped", n)
+            raise
+        if spill:
+            with self._lock:
+                rows, size = self._spilled
+                self._spilled = (rows + n, size + len(payload))
+            self._count("spilled", n)
 
-    async def record_answered(self, batch: PredictionBatch) -> None:
-        """One local append: cheap enough to run on the event loop itself."""
-        self.record_batch(batch, check_ids=False)
+    def _count(self, kind: str, rows: int) -> None:
+        if rows and self.on_rows is not None:
+            self.on_rows(kind, rows)
 
-    # -- ingestion -------------------------------------------------------------------
+    def _set_available(self, available: bool) -> None:
+        if available != self.available:
+            self.available = available
+            if available:
+                self._dropping = False
+            log.warning("shared state %s", "is back" if available else "is unavailable")
+            if self.on_available is not None:
+                self.on_available(available)
+
+    @property
+    def spilling(self) -> bool:
+        """This process has spilled rows no pass has stored yet: new rows queue behind."""
+        return self._spilled[0] > 0
+
+    # -- ingestion (replay) -----------------------------------------------------------
 
     def ingest(self) -> int:
-        """Move every complete journal record of this machine into ``inner``; rows moved."""
-        try:
-            names = sorted(p.name for p in self.directory.glob("journal-*.log"))
-        except OSError:
+        """Move every complete journal record of this machine into ``inner``; rows moved.
+        ``StateError`` when the store does not take them (they stay in the folder)."""
+        if self.folder is None:
             return 0
-        moved = 0
-        for name in names:
-            moved += self._ingest_file(self.directory / name)
-        return moved
-
-    def _ingest_file(self, path: Path) -> int:
-        stem = path.name[: -len(".log")]
-        lock_path = self.directory / f"{stem}.lock"
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            return 0
-        if self._offsets.get(path.name) == size and not self._orphan(stem):
-            return 0  # nothing new (fast path, no lock)
-        try:
-            lock = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o600)
-        except OSError:
-            return 0
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not path.exists():
-                return 0
-            # Decide "writer gone" BEFORE reading: a writer that appends and then rotates
-            # releases its owner lock, and a file judged after the read could lose the
-            # frame appended meanwhile.
-            gone = self._orphan(stem)
-            offset_path = self.directory / f"{stem}.offset"
-            offset = read_offset(offset_path)
-            batches: list[PredictionBatch] = []
-            end = offset
-            for frame_end, payload in read_frames(path, offset):
-                batches.append(PredictionBatch.decode(payload))
-                end = frame_end
-            if batches:
-                self._store(batches)
-                write_offset(offset_path, end)
-            self._offsets[path.name] = end
-            moved = sum(len(b.ids) for b in batches)
-            if gone:  # its writer was gone before we read: anything after `end` is torn
-                for suffix in (".log", ".offset", ".owner", ".lock"):
-                    (self.directory / f"{stem}{suffix}").unlink(missing_ok=True)
-                self._offsets.pop(path.name, None)
+        with self._pass:
+            with self._lock:
+                before = self._spilled
+            try:
+                moved = self.folder.ingest()
+            except StateError:
+                self._set_available(False)
+                raise
+            with self._lock:  # everything this process spilled before the pass is stored
+                rows, size = self._spilled
+                self._spilled = (rows - before[0], size - before[1])
+            if before[0]:
+                log.warning("replayed %d spilled rows into the shared state", before[0])
+                self._count("replayed", before[0])
+            self._set_available(True)
             return moved
-        finally:
-            os.close(lock)
 
-    def _orphan(self, stem: str) -> bool:
-        """True when no process holds the journal's owner lock (its writer is gone)."""
-        owner_path = self.directory / f"{stem}.owner"
-        if self.journal.path is not None and self.journal.path.name == f"{stem}.log":
-            return False
-        try:
-            fd = os.open(owner_path, os.O_RDWR)
-        except FileNotFoundError:
-            return True
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)  # closing releases a lock we may have taken
-        return True
+    def backlog(self) -> int:
+        """Rows in this machine's folder that no process has stored yet."""
+        if self.folder is None:
+            return 0
+        return sum(PredictionBatch.rows_of(p) for p in self.folder.waiting())
 
-    def _store(self, batches: list[PredictionBatch]) -> None:
-        """Write ``batches`` to ``inner`` in one ``record_batches`` call. Rows whose id is
-        already stored, or repeats one earlier in ``batches`` (the same client id sent
-        twice, racing past the request-time check), are dropped and counted."""
+    def _store(self, payloads: list[bytes]) -> int:
+        """Write the batches of ``payloads`` to ``inner`` in one ``record_batches`` call;
+        the rows they held. Rows whose id is already stored, or repeats one earlier in
+        them (the same client id sent twice, racing past the request-time check; or a
+        write that timed out after Redis applied it, then spilled), are skipped and
+        counted in ``dropped_duplicates``."""
+        batches = [PredictionBatch.decode(p) for p in payloads]
+        rows = sum(len(b.ids) for b in batches)
         seen: set[str] = set()
         for position, b in enumerate(batches):
             fresh = seen.isdisjoint(b.ids) and len(set(b.ids)) == len(b.ids)
@@ -376,7 +399,7 @@ class JournaledState(SharedState):
         while batches:
             try:
                 self.inner.record_batches(batches)
-                return
+                return rows
             except DuplicateIdError as exc:
                 taken = set(exc.ids)
                 if not taken:
@@ -391,14 +414,19 @@ class JournaledState(SharedState):
                     if keep:
                         kept.append(b.take(keep))
                 batches = kept
+        return rows
 
     def _drop(self, n: int, why: str) -> None:
         self.dropped_duplicates += n
         log.warning("journal: %d rows that %s were skipped", n, why)
 
+    def _due(self) -> bool:
+        """Whether the background thread has anything to ingest this round."""
+        return True
+
     def start(self) -> None:
-        """Ingest this process's journal in the background every ``ingest_every`` s."""
-        if self._thread is not None:
+        """Ingest this machine's folder in the background every ``ingest_every`` s."""
+        if self._thread is not None or self.folder is None:
             return
         self._thread = threading.Thread(target=self._run, name="argus-journal", daemon=True)
         self._thread.start()
@@ -406,7 +434,8 @@ class JournaledState(SharedState):
     def _run(self) -> None:
         while not self._stop.wait(self.ingest_every):
             try:
-                self.ingest()
+                if self._due():
+                    self.ingest()
                 self._failing = None
             except StateError as exc:  # counted every round, logged once per failure
                 if str(exc) != self._failing:
@@ -422,9 +451,86 @@ class JournaledState(SharedState):
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        try:
-            self.ingest()
-        except StateError as exc:
-            log.error("journal left for the next process to ingest: %s", exc)
-        self.journal.close()
+        if self.folder is not None:
+            try:
+                self.ingest()
+            except StateError as exc:
+                log.error("journal left for the next process to ingest: %s", exc)
+            self.folder.writer.close()
         self.inner.close()
+
+
+class WriteThroughState(Spool):
+    """Every write reaches the store before it returns (one round trip per request: the
+    Redis backend writes a request's rows in one script). With a ``spill`` folder,
+    answered rows the store cannot take go there instead, and so do the rows after them
+    until they are replayed (so the log keeps each process's order)."""
+
+    def __init__(
+        self,
+        inner: StateStore,
+        spill: Path | None = None,
+        *,
+        background: bool = False,
+        ingest_every: float = 0.2,
+        spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
+    ) -> None:
+        super().__init__(inner, spill, ingest_every=ingest_every, spill_max_bytes=spill_max_bytes)
+        if background:
+            self.start()
+
+    def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
+        kept = self.options.as_kept(batch)
+        if self.folder is None or check_ids:  # not an answered row: the caller sees errors
+            self.inner.record_batches([kept])
+            return
+        if self.available and not self.spilling:
+            try:
+                self.inner.record_batches([kept])
+                return
+            except DuplicateIdError:
+                raise
+            except StateError as exc:
+                self._set_available(False)
+                self.report("record", exc)
+        self._journal(kept, spill=True)
+
+    def _due(self) -> bool:
+        return self.spilling or bool(self.folder and self.folder.files())
+
+
+class JournaledState(Spool):
+    """Prediction writes go through this process's journal (see the module doc); every
+    read ingests the journals of this machine first."""
+
+    def __init__(
+        self,
+        inner: StateStore,
+        directory: Path,
+        *,
+        ingest_every: float = 0.2,
+        background: bool = False,
+        spill_max_bytes: int = DEFAULT_SPILL_MAX_BYTES,
+    ) -> None:
+        super().__init__(
+            inner, directory, ingest_every=ingest_every, spill_max_bytes=spill_max_bytes
+        )
+        assert self.folder is not None
+        self.journal = self.folder.writer
+        if background:
+            self.start()
+
+    # -- the hot path ----------------------------------------------------------------
+
+    def record_batch(self, batch: PredictionBatch, check_ids: bool = True) -> None:
+        """Make ``batch`` durable; raises ``DuplicateIdError`` for ids already stored."""
+        check_unique(batch.ids)
+        if check_ids:
+            taken = sorted(self.lookup(list(batch.ids)))
+            if taken:
+                raise DuplicateIdError(f"ids already recorded: {taken[:5]}", taken)
+        self._journal(self.options.as_kept(batch), spill=not self.available)
+
+    async def record_answered(self, batch: PredictionBatch) -> None:
+        """One local append: cheap enough to run on the event loop itself."""
+        self.record_batch(batch, check_ids=False)

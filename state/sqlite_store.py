@@ -33,6 +33,7 @@ from state.records import PredictionBatch, PredictionRecord
 from state.sqlite_db import SCHEMA_VERSION, SQLiteFile, is_integrity
 from state.types import (
     DEFAULT,
+    RESTORED,
     ROLLBACK,
     Candidate,
     Counts,
@@ -303,6 +304,14 @@ class SQLiteState(Backend):
             if default is not None and default != version and row is None:
                 self._switch(conn, model, default, DEFAULT, t)
             self._switch(conn, model, version, reason, t, actor, detail)
+        return True
+
+    def restore_live(self, model: str, version: str, t: float, *, actor: str | None = None) -> bool:
+        with self._use("restore the live version", write=True) as conn:
+            row = conn.execute("SELECT version FROM live WHERE model = ?", (model,)).fetchone()
+            if row is not None:
+                return False
+            self._switch(conn, model, version, RESTORED, t, actor)
         return True
 
     def _switch(

@@ -43,6 +43,10 @@ AUTO_ROLLBACK, AUTO_PROMOTE = "auto_rollback", "auto_promote"
 """The reasons of the guard's switches; an automatic rollback is an undo too."""
 UNDO = frozenset({ROLLBACK, AUTO_ROLLBACK})
 
+RESTORED = "restored"
+"""The ``reason`` of ``restore_live``: a worker re-asserted the version it serves after the
+state lost the pointer (a Redis restarted empty, say)."""
+
 DEFAULT = "default"
 """The ``reason`` recorded for the version that served without a pointer (the newest)
 when the first switch of a model is made, so that ``rollback`` can return to it."""
@@ -287,6 +291,12 @@ class StateStore(Protocol):
         pointer is set yet, it is recorded first, with reason ``DEFAULT``, so that a
         ``rollback`` after this switch returns to what was serving before it.
         """
+        ...
+
+    def restore_live(self, model: str, version: str, t: float, *, actor: str | None = None) -> bool:
+        """Set the pointer to ``version`` with reason ``RESTORED`` only if the model has
+        no pointer (the state lost it); True when this call set it. Of several processes
+        restoring at once exactly one succeeds."""
         ...
 
     def history(self, model: str) -> list[Switch]:

@@ -67,11 +67,20 @@ class RedisServer:
     ``stop()`` then ``start()`` restarts it on the same port (with an empty dataset).
     """
 
-    def __init__(self, binary: str | None = None, *, port: int | None = None) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        port: int | None = None,
+        persistent: bool = False,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.binary = binary or redis_binary() or "redis-server"
         self.port = port or _free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="argus-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
+        self.persistent = persistent  # AOF, fsync every second: a restart keeps the data
+        self.args = args  # more arguments, e.g. ("--replicaof", "127.0.0.1", "6379")
 
     @property
     def url(self) -> str:
@@ -80,10 +89,11 @@ class RedisServer:
     def start(self, timeout: float = 10.0) -> RedisServer:
         for attempt in range(3):  # the free port may be taken before redis binds it
             with open(self.dir / "redis.log", "ab") as log:  # the child keeps its own copy
+                aof = "yes" if self.persistent else "no"
                 self.proc = subprocess.Popen(
                     [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                     "--dir", str(self.dir), "--save", "", "--appendonly", "no",
-                     "--daemonize", "no"],
+                     "--dir", str(self.dir), "--save", "", "--appendonly", aof,
+                     "--appendfsync", "everysec", "--daemonize", "no", *self.args],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 )  # fmt: skip
             deadline = time.monotonic() + timeout
@@ -96,6 +106,13 @@ class RedisServer:
                 self.port = _free_port()
         tail = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
         raise RuntimeError(f"redis-server did not answer PING on port {self.port}:\n{tail}")
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (``start()`` brings it back on the port)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            self.proc = None
 
     def stop(self, *, remove: bool = False) -> None:
         if self.proc is not None:
@@ -127,3 +144,54 @@ def session_server(request: pytest.FixtureRequest) -> RedisServer:
     server = RedisServer(require_redis()).start()
     request.addfinalizer(lambda: server.stop(remove=True))
     return server
+
+
+def sentinel_binary() -> str | None:
+    """Debian's ``redis-sentinel`` (the same program as ``redis-server --sentinel``)."""
+    return shutil.which("redis-sentinel")
+
+
+class SentinelServer:
+    """A ``redis-sentinel`` child watching the primary at ``primary_port`` as ``service``
+    (quorum 2, down after ``down_after_ms``); stopped and removed like ``RedisServer``."""
+
+    def __init__(self, primary_port: int, service: str, down_after_ms: int = 1000) -> None:
+        self.binary = sentinel_binary() or "redis-sentinel"
+        self.port = _free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="argus-sentinel-"))
+        self.conf = self.dir / "sentinel.conf"
+        self.conf.write_text(  # the sentinel rewrites this file as it learns
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+            f"sentinel monitor {service} 127.0.0.1 {primary_port} 2\n"
+            f"sentinel down-after-milliseconds {service} {down_after_ms}\n"
+            f"sentinel failover-timeout {service} 10000\n"
+            f"sentinel parallel-syncs {service} 1\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> SentinelServer:
+        with open(self.dir / "sentinel.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, str(self.conf)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if _ping(self.port):
+                return self
+            time.sleep(0.02)
+        tail = (self.dir / "sentinel.log").read_text(errors="replace")[-2000:]
+        self.stop()
+        raise RuntimeError(f"redis-sentinel did not answer PING on port {self.port}:\n{tail}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(5)
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)

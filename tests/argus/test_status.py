@@ -63,6 +63,15 @@ def test_status_lists_drifted_features_worst_first() -> None:
     assert rows[0][0] == worst["name"]
 
 
+def test_status_says_when_figures_rest_on_a_state_that_is_behind() -> None:
+    snap = drifted_snapshot()
+    assert "BEHIND" not in render_status({**snap, "state": {"available": True, "waiting_rows": 0}})
+    text = render_status({**snap, "state": {"available": True, "waiting_rows": 1234}})
+    assert "BEHIND: 1234 answered rows wait" in text and "unavailable" not in text
+    text = render_status({**snap, "state": {"available": False, "waiting_rows": 7}})
+    assert "BEHIND: 7 answered rows wait" in text and "unavailable" in text
+
+
 def test_status_of_an_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["status", "--url", f"http://127.0.0.1:{free_port()}"])
     err = capsys.readouterr().err

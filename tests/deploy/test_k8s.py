@@ -108,3 +108,25 @@ def test_embedded_prometheus_config_is_valid(tmp_path: Path) -> None:
         [promtool, "check", "config", "--syntax-only", str(path)], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_sentinel_variant_matches_the_url_argus_parses() -> None:
+    from state.redis_db import sentinel_address
+
+    path = K8S / "sentinel" / "redis-sentinel.yaml"
+    text = path.read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    url = next(
+        line.split("=", 1)[1].strip()
+        for line in text.splitlines()
+        if "ARGUS_STATE_URL=redis+sentinel://" in line
+    )
+    hosts, service, db, _, _ = sentinel_address(url)
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    host, port = hosts[0]
+    assert port in [p["port"] for p in services[host]["spec"]["ports"]]
+    scripts = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert f"sentinel monitor {service} " in scripts["sentinel.sh"] and db == 0
+    assert "--appendonly yes" in scripts["redis.sh"]
+    stateful = next(d for d in docs if d["kind"] == "StatefulSet")
+    assert stateful["spec"]["replicas"] >= 3 and stateful["spec"]["serviceName"] in services

@@ -85,6 +85,13 @@ def logged_ids(home: Path, ids: list[str]) -> set[str]:
 # -- /metrics -----------------------------------------------------------------------------
 
 
+def metrics(server: ArgusServer) -> str:
+    """The server's ``/metrics`` text (asserting it answered 200)."""
+    r = httpx.get(f"{server.url}/metrics", timeout=60)
+    assert r.status_code == 200
+    return r.text
+
+
 def argus_lines(text: str) -> list[str]:
     """Every ``argus_*`` sample line of a /metrics text."""
     return [line for line in text.splitlines() if line.startswith("argus_")]

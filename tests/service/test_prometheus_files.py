@@ -46,3 +46,22 @@ def test_a_corrupted_file_still_fails_loudly(tmp_path: Path) -> None:
     prometheus_files.install()
     with pytest.raises((RuntimeError, struct.error)):
         _scrape(tmp_path)
+
+
+def test_forget_dead_workers_removes_only_the_gone_processes_gauges(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from service.prometheus_files import forget_dead_workers
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    mine = os.getpid()
+    for name in (f"gauge_liveall_{gone.pid}.db", f"gauge_liveall_{mine}.db",
+                 f"counter_{gone.pid}.db"):  # fmt: skip
+        (tmp_path / name).write_bytes(b"\0" * 8)
+    assert forget_dead_workers(str(tmp_path)) == [gone.pid]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"counter_{gone.pid}.db", f"gauge_liveall_{mine}.db"]
+    )  # a dead worker's counters stay: they are summed into the totals

@@ -45,14 +45,15 @@ def test_a_rotation_during_ingestion_loses_no_row(tmp_path: Path) -> None:
     store = reader._store
     fired = False
 
-    def store_then_writer_moves_on(batches: list[PredictionBatch]) -> None:
+    def store_then_writer_moves_on(payloads: list[bytes]) -> int:
         nonlocal fired
-        store(batches)
+        rows = store(payloads)
         if not fired:  # between the reader's read and its "is the writer gone?" check
             fired = True
             writer.record_batch(_batch(3), check_ids=False)  # into the file being ingested
             writer.journal.rotate_bytes = 0  # the next append rotates to a new file
             writer.record_batch(_batch(4), check_ids=False)
+        return rows
 
     reader._store = store_then_writer_moves_on  # type: ignore[method-assign]
     reader.ingest()

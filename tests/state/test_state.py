@@ -991,3 +991,48 @@ def test_switches_carry_actor_and_detail_and_can_be_fenced(store: StateStore) ->
     store.put_doc("guard", {"evaluated": 4.0, "failing": []})
     assert store.get_doc("guard") == {"evaluated": 4.0, "failing": []}
     assert store.get_doc("nope") is None
+
+
+def test_restore_live_sets_only_a_missing_pointer_and_one_restorer_wins(
+    store: StateStore,
+) -> None:
+    assert store.restore_live("m", "v1", 10.0, actor="worker 1")  # no pointer: restored
+    assert not store.restore_live("m", "v2", 11.0, actor="worker 2")  # one exists now
+    assert store.get_live("m") == "v1"
+    (entry,) = store.history("m")
+    assert (entry.version, entry.previous, entry.reason, entry.actor) == (
+        "v1", None, "restored", "worker 1",
+    )  # fmt: skip
+    store.set_live("m", "v2", "activate", 12.0)
+    assert not store.restore_live("m", "v1", 13.0)  # never overrides a live pointer
+    assert store.get_live("m") == "v2" and len(store.history("m")) == 2
+
+
+def _restore_in_child(url: str | None, home: str, version: str, results: Any) -> None:
+    state = open_backend(url, Path(home))
+    try:
+        results.put((version, state.restore_live("race", version, 1.0)))
+    finally:
+        state.close()
+
+
+def test_concurrent_restorers_in_separate_processes_agree_on_one(backend: Backend) -> None:
+    backend.open().close()  # the schema exists before the children race
+    results = SPAWN.Queue()
+    children = [
+        SPAWN.Process(target=_restore_in_child, args=(backend.url, str(backend.home), v, results))
+        for v in ("a", "b", "c", "d")
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    outcomes = dict(results.get(timeout=5) for _ in children)
+    winners = [v for v, won in outcomes.items() if won]
+    assert len(winners) == 1
+    store = backend.open()
+    try:
+        assert store.get_live("race") == winners[0]
+        assert [s.reason for s in store.history("race")] == ["restored"]
+    finally:
+        store.close()
