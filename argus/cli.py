@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a classifier and register it as a new version")
     train.add_argument("--config", type=Path, help="TOML file with hyperparameters")
-    train.add_argument("--source", help="digits (default), mnist:DIR or csv:PATH")
+    train.add_argument("--source", help="digits (default), digits28, mnist:DIR or csv:PATH")
     train.add_argument("--label-column", help="label column of a csv: source")
     train.add_argument("--name", help="model name in the store (default: ARGUS_MODEL)")
     train.add_argument("--seed", type=int)

@@ -39,8 +39,8 @@ class TrainConfig:
     Parameters
     ----------
     source : str
-        Data source for :func:`training.data.load_dataset`: ``"digits"``, ``"mnist:DIR"`` or
-        ``"csv:PATH"``.
+        Data source for :func:`training.data.load_dataset`: ``"digits"``, ``"digits28"``,
+        ``"mnist:DIR"`` or ``"csv:PATH"``.
     label_column : str or None
         Label column of a CSV source; required for ``csv:``, ignored otherwise.
     hidden : tuple of int

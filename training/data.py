@@ -4,6 +4,9 @@ Sources, named by a string so a config or a model card can record them:
 
 ``"digits"``
     scikit-learn's bundled 8x8 handwritten digits (1797 rows, 64 features in 0..16).
+``"digits28"``
+    The same digits resized to MNIST's 28x28 (784 features, whole grey levels in 0..255),
+    see :mod:`training.digits28`: an MNIST-shaped input without a download.
 ``"mnist:DIR"``
     MNIST in its IDX files inside ``DIR``: ``train-images-idx3-ubyte`` and
     ``train-labels-idx1-ubyte``, plus ``t10k-*`` (appended) when present; each plain or
@@ -27,6 +30,7 @@ import numpy as np
 
 from errors import DataError
 from training.csvtable import CsvTable, load_csv_table
+from training.digits28 import DIGITS28, load_digits28
 
 __all__ = [
     "MIN_ROWS_PER_CLASS",
@@ -120,6 +124,8 @@ def load_dataset(source: str, label_column: str | None = None) -> Dataset:
     """
     if source == "digits":
         X, y, feature_names, class_names = _load_digits()
+    elif source == DIGITS28:
+        X, y, feature_names, class_names = load_digits28()
     elif source.startswith("mnist:"):
         X, y, feature_names, class_names = _load_mnist(Path(source[len("mnist:") :]))
     elif source.startswith("csv:"):
@@ -135,7 +141,8 @@ def load_dataset(source: str, label_column: str | None = None) -> Dataset:
         )
     else:
         raise DataError(
-            f"unknown data source {source!r}; expected 'digits', 'mnist:DIR' or 'csv:PATH'"
+            f"unknown data source {source!r}; expected 'digits', '{DIGITS28}', 'mnist:DIR' or "
+            "'csv:PATH'"
         )
     _check_classes(y, class_names, source)
     return Dataset(
