@@ -7,6 +7,10 @@ worker's journal and the rows are ingested in batches; with Redis every request 
 through to a local ``redis-server`` (started here on a free loopback port, no
 persistence) before it answers. Prints req/s, p50/p99 and the ratio Redis / SQLite.
 
+``--alone`` adds both backends with requests run one by one (``ARGUS_COALESCE_WAIT_MS=0``:
+one log write per request, as before requests were grouped), in the same rounds, so the
+grouping's effect on each backend is measured side by side.
+
 Run from the repo root: ``python bench/state_backends.py [--duration 15]``.
 """
 
@@ -32,7 +36,10 @@ from tests.redis_server import RedisServer  # noqa: E402
 def argus_server(kind: str, root: Path, store: Path, workers: int, redis_url: str) -> Server:
     home = root / f"{kind}-{time.monotonic_ns()}"
     shutil.copytree(store / "models" / MODEL, home / "bentoml" / "models" / MODEL)
-    extra = {"ARGUS_STATE_URL": f"{redis_url}?prefix={home.name}:"} if kind == "redis" else {}
+    backend, _, alone = kind.partition("-")
+    extra = {"ARGUS_STATE_URL": f"{redis_url}?prefix={home.name}:"} if backend == "redis" else {}
+    if alone:
+        extra["ARGUS_COALESCE_WAIT_MS"] = "0"
     env = clean_env(
         ARGUS_HOME=str(home), BENTOML_HOME=str(home / "bentoml"), ARGUS_MODEL=MODEL, **extra
     )
@@ -51,7 +58,9 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batches", default="1,64")
     p.add_argument("--model-home", type=Path)
+    p.add_argument("--alone", action="store_true", help="also run each request alone")
     args = p.parse_args()
+    kinds = ("sqlite", "redis") + (("sqlite-alone", "redis-alone") if args.alone else ())
     batches = [int(b) for b in args.batches.split(",")]
     root = Path(tempfile.mkdtemp(prefix="argus-state-bench-"))
     runs: list[tuple[str, RunResult]] = []
@@ -66,7 +75,7 @@ def main() -> int:
         bodies = {rows: make_bodies(rows) for rows in batches}
         with RedisServer() as redis:
             for rnd in range(1, args.rounds + 1):
-                for kind in ("sqlite", "redis"):
+                for kind in kinds:
                     server = argus_server(kind, root, store, args.workers, redis.url)
                     server.start()
                     try:
@@ -82,7 +91,7 @@ def main() -> int:
                             failures += result.failures + result.scrape_failures
                             runs.append((kind, result))
                             print(
-                                f"round {rnd} {kind:<6} {result.config:>7} "
+                                f"round {rnd} {kind:<12} {result.config:>7} "
                                 f"{result.req_per_s:8.1f} req/s  p50 {result.p50_ms:6.2f} ms  "
                                 f"p99 {result.p99_ms:6.2f} ms  errors {result.failures}",
                                 flush=True,
@@ -93,19 +102,22 @@ def main() -> int:
         shutil.rmtree(root, ignore_errors=True)
 
     print(
-        f"\n{'config':>7}  {'state':<7}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}   (median of rounds)"
+        f"\n{'config':>7}  {'state':<13}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}   (median of rounds)"
     )
     for rows in batches:
         medians = {}
-        for kind in ("sqlite", "redis"):
+        for kind in kinds:
             mine = [r for k, r in runs if k == kind and r.rows == rows]
             medians[kind] = statistics.median(r.req_per_s for r in mine)
             print(
-                f"{rows:>4}-row  {kind:<7}{medians[kind]:9.1f}"
+                f"{rows:>4}-row  {kind:<13}{medians[kind]:9.1f}"
                 f"{statistics.median(r.p50_ms for r in mine):9.2f}"
                 f"{statistics.median(r.p99_ms for r in mine):9.2f}"
             )
         print(f"{rows:>4}-row  Redis / SQLite req/s: {medians['redis'] / medians['sqlite']:.3f}")
+        if args.alone:
+            ratio = medians["redis-alone"] / medians["sqlite-alone"]
+            print(f"{rows:>4}-row  Redis / SQLite req/s, requests alone: {ratio:.3f}")
     if failures:
         print(f"{failures} failed requests or scrapes", file=sys.stderr)
     return 1 if failures else 0

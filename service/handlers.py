@@ -27,6 +27,7 @@ from errors import (
 )
 from models import store
 from service.candidates import Shadow, route
+from service.coalesce import Coalescer, Entry
 from service.fleet import Fleet
 from service.metrics import ServiceMetrics, observe_many
 from service.runtime import LoadedVersion, ModelRuntime, Prediction
@@ -66,6 +67,9 @@ class ArgusCore:
         self._n_classes: dict[tuple[str, str], int] = {}
         self._series: dict[tuple[str, str], _VersionSeries] = {}
         self.shadow = Shadow(state, metrics)
+        self.coalescer = Coalescer(
+            self._run_group, settings.coalesce_wait_ms / 1000.0, max_rows=settings.max_batch
+        )
 
     # -- predict ---------------------------------------------------------------------
 
@@ -118,36 +122,128 @@ class ArgusCore:
         self, live: LoadedVersion, X: np.ndarray, client_ids: list[str] | None
     ) -> tuple[list[str], Prediction]:
         """Predict validated rows with ``live``, score them and make them durable before
-        returning, whichever door (``/predict``, the inference protocol) they came in by."""
-        if client_ids is not None:
-            for i, row_id in enumerate(client_ids):
-                if row_id.endswith(SHADOW_SUFFIX):
-                    raise RequestError(
-                        400, "bad_ids", f"ids[{i}] must not end with {SHADOW_SUFFIX!r} "
-                        "(kept for the rows a shadow predicts)",
-                    )  # fmt: skip
-            await self._check_new_ids(client_ids)  # a reused id never reaches the model
+        returning, whichever door (``/predict``, the inference protocol) they came in by.
+        Requests arriving together share the work (``service/coalesce.py``)."""
+        self.coalescer.arrive()
+        try:
+            if client_ids is not None:
+                for i, row_id in enumerate(client_ids):
+                    if row_id.endswith(SHADOW_SUFFIX):
+                        raise RequestError(
+                            400, "bad_ids", f"ids[{i}] must not end with {SHADOW_SUFFIX!r} "
+                            "(kept for the rows a shadow predicts)",
+                        )  # fmt: skip
+                await self._check_new_ids(client_ids)  # a reused id never reaches the model
+        except BaseException:
+            self.coalescer.left()
+            raise
+        result: tuple[list[str], Prediction] = await self.coalescer.submit(live, X, client_ids)
+        return result
+
+    async def _run_group(self, live: LoadedVersion, entries: list[Entry]) -> None:
+        """One model call, one scoring pass, one id block, one log record and one update
+        of each series for a group of requests; each entry gets its slice or its own
+        refusal (rows the model cannot score, ids a neighbour or the log already has)."""
+        X = entries[0].X if len(entries) == 1 else np.concatenate([e.X for e in entries])
         started = time.perf_counter()
         pred = live.predict(X)
-        check_finite_output(pred)
+        elapsed = time.perf_counter() - started
+        finite = np.isfinite(pred.probabilities).all(axis=1) & np.isfinite(pred.anomaly_scores)
+        spans: list[tuple[Entry, int, int]] = []
+        claimed: set[str] = set()
+        generated = 0
+        lo = 0
+        for entry in entries:
+            hi = lo + len(entry.X)
+            bad = np.flatnonzero(~finite[lo:hi])
+            if bad.size:
+                entry.future.set_exception(not_finite(int(bad[0])))
+            elif entry.ids is not None and not claimed.isdisjoint(entry.ids):
+                taken = sorted(claimed.intersection(entry.ids))
+                entry.future.set_exception(
+                    RequestError(409, "duplicate_ids", f"ids already recorded: {taken[:5]}")
+                )  # a request of the same group claimed them first
+            else:
+                if entry.ids is None:
+                    generated += hi - lo
+                else:
+                    claimed.update(entry.ids)
+                spans.append((entry, lo, hi))
+            lo = hi
+        fresh = iter(self.state.new_ids(generated) if generated else ())
+        row_ids = {
+            id(e): e.ids if e.ids is not None else [next(fresh) for _ in range(hi - lo)]
+            for e, lo, hi in spans
+        }
+        spans = await self._record_group(live, pred, X, spans, row_ids)
+        if not spans:
+            return
         series = self._series_of(live)
-        series.inference_duration.observe(time.perf_counter() - started)
-        row_ids = client_ids if client_ids is not None else self.state.new_ids(len(X))
-        batch = PredictionBatch(
-            model=live.name,
-            version=live.version,
-            t=self.clock(),
-            ids=row_ids,
-            labels=pred.labels,
-            confidences=pred.confidences,
-            probabilities=pred.probabilities,
-            anomaly_scores=pred.anomaly_scores,
-            anomalous=pred.anomalous,
-            inputs=X,
-        )
-        await self._record(batch)
-        series.count(pred)
-        return row_ids, pred
+        self.metrics.request_groups.inc()  # answered requests only: a refusal moves nothing
+        self.metrics.grouped_requests.inc(len(spans))
+        observe_many(series.inference_duration, np.full(len(spans), elapsed))
+        if len(spans) == len(entries):
+            series.count(pred)
+        else:
+            series.count(pred.take(np.concatenate([np.arange(lo, hi) for _, lo, hi in spans])))
+        for entry, lo, hi in spans:
+            entry.future.set_result((row_ids[id(entry)], pred.slice(lo, hi)))
+
+    async def _record_group(
+        self,
+        live: LoadedVersion,
+        pred: Prediction,
+        X: np.ndarray,
+        spans: list[tuple[Entry, int, int]],
+        row_ids: dict[int, list[str]],
+    ) -> list[tuple[Entry, int, int]]:
+        """Make the group's rows durable in one record before any answer leaves
+        (``SharedState.record_answered``); the entries recorded. A client id the log
+        already has (it raced past ``_check_new_ids``) refuses its own request (409) and
+        the others are recorded. A store that is away is not an error: the rows wait in
+        this machine's spill and are replayed when it is back. Only a spill that cannot be
+        written either raises a ``StateError``: the rows are answered all the same,
+        counted as dropped, and the failure is counted and logged."""
+        while spans:
+            if len(spans) == 1 and spans[0][2] - spans[0][1] == len(X):
+                index = None  # the whole group: no copy
+            else:
+                index = np.concatenate([np.arange(lo, hi) for _, lo, hi in spans])
+            part = pred if index is None else pred.take(index)
+            batch = PredictionBatch(
+                model=live.name,
+                version=live.version,
+                t=self.clock(),
+                ids=[i for e, _, _ in spans for i in row_ids[id(e)]],
+                labels=part.labels,
+                confidences=part.confidences,
+                probabilities=part.probabilities,
+                anomaly_scores=part.anomaly_scores,
+                anomalous=part.anomalous,
+                inputs=X if index is None else X[index],
+            )
+            try:
+                await self.state.record_answered(batch)
+                return spans
+            except DuplicateIdError as exc:
+                taken = set(exc.ids)
+                keep = []
+                for span in spans:
+                    entry = span[0]
+                    if entry.ids is not None and (not taken or not taken.isdisjoint(entry.ids)):
+                        entry.future.set_exception(RequestError(409, "duplicate_ids", str(exc)))
+                    else:
+                        keep.append(span)
+                if len(keep) == len(spans):  # no id to blame: refuse rather than loop
+                    for entry, _, _ in spans:
+                        entry.future.set_exception(RequestError(409, "duplicate_ids", str(exc)))
+                    return []
+                spans = keep
+            except StateError as exc:
+                self.metrics.state_errors.labels("record").inc()
+                log.error("answered rows neither stored nor spilled (dropped, counted): %s", exc)
+                return spans
+        return spans
 
     def _series_of(self, live: LoadedVersion) -> _VersionSeries:
         """The version's metric children, looked up once (``labels()`` takes a lock)."""
@@ -175,22 +271,6 @@ class ArgusCore:
             return
         if taken:
             raise RequestError(409, "duplicate_ids", f"ids already recorded: {sorted(taken)[:5]}")
-
-    async def _record(self, batch: PredictionBatch) -> None:
-        """Make the predictions durable before the response leaves
-        (``SharedState.record_answered``). A duplicate id that raced past
-        ``_check_new_ids`` is the client's error (409). A store that is away is not: the
-        rows wait in this machine's spill and are replayed when it is back. Only a spill
-        that cannot be written either raises here: the rows are answered all the same,
-        counted as dropped, and the failure is counted and logged.
-        """
-        try:
-            await self.state.record_answered(batch)
-        except DuplicateIdError as exc:
-            raise RequestError(409, "duplicate_ids", str(exc)) from None
-        except StateError as exc:
-            self.metrics.state_errors.labels("record").inc()
-            log.error("answered rows neither stored nor spilled (dropped, counted): %s", exc)
 
     # -- feedback --------------------------------------------------------------------
 
@@ -517,16 +597,13 @@ def answer(live: LoadedVersion, row_ids: list[str], pred: Prediction) -> dict[st
     }
 
 
-def check_finite_output(pred: Prediction) -> None:
-    """Refuse rows the model cannot score: finite float32 inputs of huge magnitude (say
-    3e38) overflow inside the graph to NaN probabilities, which would answer a made-up
-    label and could not be logged (NaN is no number for the log or the windows)."""
-    finite = np.isfinite(pred.probabilities).all(axis=1) & np.isfinite(pred.anomaly_scores)
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        raise RequestError(
-            400,
-            "not_finite",
-            f"row {i}: the model's output is not finite for these values "
-            "(features far outside the range it was trained on)",
-        )
+def not_finite(row: int) -> RequestError:
+    """The refusal of rows the model cannot score: finite float32 inputs of huge magnitude
+    (say 3e38) overflow inside the graph to NaN probabilities, which would answer a
+    made-up label and could not be logged (NaN is no number for the log or the windows)."""
+    return RequestError(
+        400,
+        "not_finite",
+        f"row {row}: the model's output is not finite for these values "
+        "(features far outside the range it was trained on)",
+    )

@@ -43,6 +43,15 @@ class ServiceMetrics:
             "Rows a shadow did not predict: its queue was full, or its output was not finite.",
             mv,
         )
+        self.request_groups = Counter(
+            "argus_request_groups",
+            "Groups of requests answered together (one model call, one log record each); "
+            "the answered requests they held are argus_grouped_requests_total.",
+        )
+        self.grouped_requests = Counter(
+            "argus_grouped_requests",
+            "Requests answered in a group (every answered request, groups of 1 too).",
+        )
         self.invalid_requests = Counter(
             "argus_invalid_requests", "Requests refused with a 4xx, by reason.", ["reason"]
         )

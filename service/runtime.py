@@ -41,6 +41,20 @@ class Prediction:
     anomaly_scores: np.ndarray  # float64
     anomalous: np.ndarray  # bool
 
+    def slice(self, lo: int, hi: int) -> Prediction:
+        """Rows ``lo`` to ``hi`` (views, no copy)."""
+        return Prediction(
+            self.probabilities[lo:hi], self.labels[lo:hi], self.confidences[lo:hi],
+            self.anomaly_scores[lo:hi], self.anomalous[lo:hi],
+        )  # fmt: skip
+
+    def take(self, index: np.ndarray) -> Prediction:
+        """The rows at ``index``."""
+        return Prediction(
+            self.probabilities[index], self.labels[index], self.confidences[index],
+            self.anomaly_scores[index], self.anomalous[index],
+        )  # fmt: skip
+
 
 class LoadedVersion:
     """One verified version with its onnxruntime session and reference profile."""

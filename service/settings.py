@@ -45,6 +45,7 @@ class Settings:
     metrics_cache_seconds: float = 1.0
     state_busy_timeout: float = 5.0
     spill_max_bytes: int = 256 * 1024 * 1024
+    coalesce_wait_ms: float = 2.0
     model_source: Path | None = None
     guard_mode: str = "off"
     guard_file: Path | None = None
@@ -101,6 +102,8 @@ class Settings:
             raise SettingsError(
                 "ARGUS_HISTORY_RETENTION_SECONDS must be > 0 and ARGUS_HISTORY_POINTS >= 1"
             )
+        if not 0 <= self.coalesce_wait_ms <= 1000:
+            raise SettingsError("ARGUS_COALESCE_WAIT_MS must be from 0 (no grouping) to 1000")
         if not self.state_busy_timeout >= 0:
             raise SettingsError("ARGUS_STATE_BUSY_TIMEOUT must be >= 0 (seconds)")
         if not self.model or ":" in self.model:
