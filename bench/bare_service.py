@@ -8,7 +8,9 @@ and JSON in and out. Settings come from the environment:
   intra-op threads per worker, like Argus;
 * ``BARE_RESPONSE`` (default ``raw``) -- ``raw`` serialises the response in one call as
   Argus does, so a comparison isolates the monitoring; ``dict`` returns the dict and lets
-  BentoML serialise it, the conventional way to write a BentoML service.
+  BentoML serialise it, the conventional way to write a BentoML service; ``constant``
+  answers the same small JSON to every request without running the model: BentoML's
+  floor, what a request costs in the server itself (``bench/peers.py``).
 
 It gets Argus's server fixes, which have nothing to do with monitoring: the request
 timeout that lets finished requests go (``service/timeout.py``; BentoML's own keeps every
@@ -39,7 +41,8 @@ timeout.install()
 prometheus_files.install()
 
 WORKERS = max(1, int(os.environ.get("BARE_WORKERS", "2")))
-RESPONSE = os.environ.get("BARE_RESPONSE", "raw")  # "raw" (as Argus) or "dict"
+RESPONSE = os.environ.get("BARE_RESPONSE", "raw")  # "raw" (as Argus), "dict" or "constant"
+CONSTANT = b'{"model":"bare","predictions":[]}'
 
 
 @bentoml.service(
@@ -66,6 +69,8 @@ class Bare:
 
     @bentoml.api
     async def predict(self, instances: list[list[float]]) -> dict[str, Any]:
+        if RESPONSE == "constant":  # the floor: BentoML parsed the body, nothing more
+            return cast(dict[str, Any], Response(CONSTANT, media_type="application/json"))
         X = np.asarray(instances, dtype=np.float32)
         (probabilities,) = self.session.run([self.output_name], {self.input_name: X})
         labels = probabilities.argmax(axis=1)

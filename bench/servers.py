@@ -6,6 +6,10 @@ same ``argus serve`` on the code of another source tree, see ``make_server``); i
 worker processes, their CPU time and RSS, and which worker holds a client's connection,
 which ``open_balanced`` uses to spread connections evenly over the workers; and it reads
 ``/metrics`` and starts a shadow (``metric_samples``, ``live_version``, ``set_shadow``).
+``BENCH_MODELS`` names the models a benchmark can serve: the default 64-feature
+``argus-digits`` and the 784-feature ``argus-digits784`` (an MNIST-shaped MLP trained on the
+digits resized to 28x28, ``training/mnist_shaped.toml``); the functions that touch the
+store or the served model take its name (``model=``, default ``argus-digits``).
 Used by ``bench/serving.py``, ``bench/load.py``, ``bench/state_backends.py`` and
 ``bench/ui_cost.py``.
 """
@@ -20,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -37,6 +42,29 @@ MODEL = "argus-digits"
 WORKER_MARK = "_bentoml_impl.worker.service"
 
 
+@dataclass(frozen=True)
+class BenchModel:
+    """A model the benchmarks can train and serve.
+
+    ``name``: its name in the store (and ``ARGUS_MODEL``); ``train_args``: what
+    ``argus train`` needs besides ``--name`` to make it; ``features``: its input width.
+    """
+
+    name: str
+    train_args: tuple[str, ...]
+    features: int
+
+
+BENCH_MODELS = {
+    "digits": BenchModel(MODEL, (), 64),
+    "digits784": BenchModel(
+        "argus-digits784", ("--config", str(REPO / "training" / "mnist_shaped.toml")), 784
+    ),
+}
+"""``--model`` choices: the default 8x8 digits MLP (64-100-10) and the MNIST-shaped one
+(784-512-256-10, on the digits resized to 28x28; about 15 s to train)."""
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ARGUS_", "BENTOML_"))}
     env["BENTOML_DO_NOT_TRACK"] = "true"
@@ -47,6 +75,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Server:
     """One server process group on 127.0.0.1, started in a new session, always ended."""
 
+    probe_path = "/livez"
+    """A cheap GET that answers 200 once the server is up (``open_balanced`` sends it)."""
+
     def __init__(
         self,
         kind: str,
@@ -55,6 +86,7 @@ class Server:
         home: Path,
         workers: int,
         cwd: Path = REPO,
+        port: int | None = None,
     ) -> None:
         self.kind = kind
         self.command = command
@@ -62,7 +94,8 @@ class Server:
         self.cwd = cwd
         self.home = home
         self.workers = workers
-        self.port = int(command[command.index("--port") + 1])
+        # ``port``: for a command that takes it otherwise than as ``--port N``
+        self.port = int(command[command.index("--port") + 1]) if port is None else port
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = home / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -82,16 +115,20 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited early:\n{self.log()}")
-            try:
-                ready = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                ready = False
-            # /readyz answers as soon as one worker is up: wait for every worker's
-            # "Service <name> initialized" line too, or early connections all land on one
-            if ready and self.initialized() >= self.workers:
+            if self.ready():
                 return self
             time.sleep(0.3)
         raise RuntimeError(f"{self.kind} did not become ready in {timeout:.0f} s:\n{self.log()}")
+
+    def ready(self) -> bool:
+        """Whether the server answers ``/readyz`` and every worker is initialized."""
+        try:
+            ready = httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            ready = False
+        # /readyz answers as soon as one worker is up: wait for every worker's
+        # "Service <name> initialized" line too, or early connections all land on one
+        return ready and self.initialized() >= self.workers
 
     def initialized(self) -> int:
         """How many workers logged that their service instance is initialized."""
@@ -108,8 +145,8 @@ class Server:
         )
 
     def owner_of(self, client_port: int) -> int | None:
-        """The worker pid holding the server end of the connection from ``client_port``."""
-        for p in self.worker_procs():
+        """The acceptor pid holding the server end of the connection from ``client_port``."""
+        for p in self.acceptor_procs():
             try:
                 for c in p.net_connections(kind="tcp"):
                     if c.laddr and c.raddr and c.laddr.port == self.port:
@@ -144,6 +181,10 @@ class Server:
             except psutil.Error:
                 continue
         return workers
+
+    def acceptor_procs(self) -> list[psutil.Process]:
+        """The processes that accept the server's connections: here, its workers."""
+        return self.worker_procs()
 
     def cpu_seconds(self) -> float:
         total = 0.0
@@ -182,37 +223,41 @@ class Server:
         self.proc = None
 
 
-def train(home: Path, seed: int | None = None, args: Sequence[str] = ()) -> tuple[Path, str]:
+def train(
+    home: Path, seed: int | None = None, args: Sequence[str] = (), model: str = MODEL
+) -> tuple[Path, str]:
     """Train the default model into ``home``'s store; return (BENTOML_HOME, version).
 
     Training again into the same ``home`` (with another ``seed``) adds a second version.
-    ``args``: more ``argus train`` arguments (say ``--source mnist:DIR``)."""
+    ``args``: more ``argus train`` arguments (say ``--source mnist:DIR``, or a
+    ``BenchModel``'s ``train_args``); ``model``: the name to register it under."""
     bentoml_home = home / "bentoml"
     seed_args = [] if seed is None else ["--seed", str(seed)]
+    name_args = [] if model == MODEL else ["--name", model]
     out = subprocess.run(
-        [str(BIN / "argus"), "train", "--no-progress", *seed_args, *args],
+        [str(BIN / "argus"), "train", "--no-progress", *seed_args, *name_args, *args],
         env=clean_env(ARGUS_HOME=str(home), BENTOML_HOME=str(bentoml_home)),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    match = re.search(rf"registered {MODEL}:(\S+)", out.stdout + out.stderr)
+    match = re.search(rf"registered {re.escape(model)}:(\S+)", out.stdout + out.stderr)
     if out.returncode != 0 or match is None:
         raise RuntimeError(f"argus train failed:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     return bentoml_home, match.group(1)
 
 
-def stored_versions(bentoml_home: Path) -> list[str]:
+def stored_versions(bentoml_home: Path, model: str = MODEL) -> list[str]:
     """The versions of the model in a store, oldest first."""
-    versions = [p for p in (bentoml_home / "models" / MODEL).iterdir() if p.is_dir()]
+    versions = [p for p in (bentoml_home / "models" / model).iterdir() if p.is_dir()]
     return [p.name for p in sorted(versions, key=lambda p: (p / "model.yaml").stat().st_mtime)]
 
 
-def newest_version(bentoml_home: Path) -> str:
-    versions = stored_versions(bentoml_home)
+def newest_version(bentoml_home: Path, model: str = MODEL) -> str:
+    versions = stored_versions(bentoml_home, model)
     if not versions:
-        raise RuntimeError(f"no version of {MODEL} under {bentoml_home}")
+        raise RuntimeError(f"no version of {model} under {bentoml_home}")
     return versions[-1]
 
 
@@ -225,11 +270,13 @@ def make_server(
     bare_response: str = "raw",
     admin_token: str | None = None,
     env: dict[str, str] | None = None,
+    model: str = MODEL,
 ) -> Server:
     """An ``argus serve`` over a copy of ``source_store``, or the bare service over ``onnx``
     (``bare_response``: ``raw`` or ``dict``, see ``bench/bare_service.py``). With an
     ``admin_token``, Argus's admin endpoints (``/models/shadow``, ...) take it. ``env``:
     more environment for the server, over the rest (say ``ARGUS_HISTORY_SECONDS``).
+    ``model``: the model of ``source_store`` Argus serves.
 
     ``argus@TREE`` runs the same ``argus serve`` with ``PYTHONPATH=TREE`` from TREE, so that
     tree's packages (say a worktree of an older commit) shadow the editable install's."""
@@ -238,9 +285,9 @@ def make_server(
     home = root / f"{kind}-{time.monotonic_ns()}"
     port = str(free_port())
     if kind == "argus":
-        shutil.copytree(source_store / "models" / MODEL, home / "bentoml" / "models" / MODEL)
+        shutil.copytree(source_store / "models" / model, home / "bentoml" / "models" / model)
         server_env = clean_env(
-            ARGUS_HOME=str(home), BENTOML_HOME=str(home / "bentoml"), ARGUS_MODEL=MODEL
+            ARGUS_HOME=str(home), BENTOML_HOME=str(home / "bentoml"), ARGUS_MODEL=model
         )
         if admin_token:
             server_env["ARGUS_ADMIN_TOKEN"] = admin_token
@@ -289,12 +336,12 @@ def metric_samples(server: Server, *names: str) -> list[tuple[str, dict[str, str
     ]
 
 
-def live_version(server: Server) -> str:
+def live_version(server: Server, model: str = MODEL) -> str:
     """The version of the model an ``argus serve`` answers with (``argus_model_info``)."""
     for _, labels, _ in metric_samples(server, "argus_model_info"):
-        if labels.get("model") == MODEL and labels.get("live") == "true":
+        if labels.get("model") == model and labels.get("live") == "true":
             return labels["version"]
-    raise RuntimeError(f"{server.kind}: no live version of {MODEL} on /metrics")
+    raise RuntimeError(f"{server.kind}: no live version of {model} on /metrics")
 
 
 def set_shadow(
@@ -333,7 +380,7 @@ async def open_balanced(
     reconnects while that worker already has its share. Returns the clients and the
     connections per worker.
     """
-    pids = [p.pid for p in server.worker_procs()]
+    pids = [p.pid for p in server.acceptor_procs()]
     quota = -(-n // max(1, len(pids)))
     held = dict.fromkeys(pids, 0)
     clients: list[httpx.AsyncClient] = []
@@ -341,7 +388,7 @@ async def open_balanced(
     for _ in range(n):
         for attempt in range(tries):
             client = httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits)
-            r = await client.get("/livez")
+            r = await client.get(server.probe_path)
             stream = r.extensions.get("network_stream")
             owner = None
             if r.status_code == 200 and stream is not None:

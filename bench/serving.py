@@ -21,6 +21,12 @@ median. The client runs on the same cores as the servers; both sides pay for it 
     .venv/bin/python bench/serving.py --servers argus@/tmp/before,argus  # two versions
     .venv/bin/python bench/serving.py --servers argus --doors predict,oip-json,oip-binary
     .venv/bin/python bench/serving.py --shadow --rounds 3   # the cost of a shadow
+    .venv/bin/python bench/serving.py --model digits784     # the 784-feature model
+
+``--model digits784`` serves, on both servers, the MNIST-shaped MLP (784-512-256-10)
+trained on scikit-learn's digits resized to 28x28 (``training/mnist_shaped.toml``) instead
+of the default 64-feature one, and sends rows of its held-out test split (the split its
+model card records), so the labels are meaningful and the servers must agree on them.
 
 ``argus@TREE`` is ``argus serve`` on the code of another source tree (a worktree of an
 older commit, say): ratios are against ``--baseline``, by default bare if it runs, else
@@ -71,6 +77,7 @@ import numpy as np
 
 try:  # imported as bench.serving (bench/load.py under the tests) or run as a script
     from bench.servers import (
+        BENCH_MODELS,
         MODEL,
         Server,
         live_version,
@@ -84,6 +91,7 @@ try:  # imported as bench.serving (bench/load.py under the tests) or run as a sc
     )
 except ImportError:  # pragma: no cover - script
     from servers import (
+        BENCH_MODELS,
         MODEL,
         Server,
         live_version,
@@ -97,6 +105,9 @@ except ImportError:  # pragma: no cover - script
     )
 
 SERVERS = ("bare", "argus")
+# argus-alone: the same argus serve with ARGUS_COALESCE_WAIT_MS=0, every request run alone
+# (as before requests were grouped); only when asked for, e.g. --servers bare,argus-alone,argus
+ALONE = "argus-alone"
 DOORS = ("predict", "oip-json", "oip-binary")
 """How a request gets in: ``/predict``, or the Open Inference Protocol with JSON or binary
 tensors (Argus only)."""
@@ -166,13 +177,52 @@ def sample_rows(rows: int, n: int = 64, seed: int = 0) -> list[np.ndarray]:
     return [X[rng.choice(len(X), size=rows)] for _ in range(n)]
 
 
+def held_out_rows(
+    store: Path, version: str, rows: int, n: int = 64, seed: int = 0, model: str = MODEL
+) -> list[np.ndarray]:
+    """``n`` batches of ``rows`` rows each from the test split of the data ``model:version``
+    was trained on: the source, fractions and seed its model card records (rows the model
+    never saw, from a source that needs no download, say ``digits28``)."""
+    from training.config import TrainConfig  # data and split only: no torch
+    from training.data import load_dataset, split_dataset
+
+    card = json.loads((store / "models" / model / version / "card.json").read_text())
+    config = TrainConfig.from_dict(card["config"])
+    data = load_dataset(config.source, config.label_column)
+    X = split_dataset(data, config.val_fraction, config.test_fraction, config.seed).X_test
+    rng = np.random.default_rng(seed)
+    return [X[rng.choice(len(X), size=rows)].astype(float) for _ in range(n)]
+
+
+def request_rows(model: str, store: Path, version: str, rows: int) -> list[np.ndarray]:
+    """The rows ``--model`` sends: the default model's as always (``sample_rows``), any
+    other's from its held-out test split (``held_out_rows``)."""
+    if model == "digits":
+        return sample_rows(rows)
+    return held_out_rows(store, version, rows, model=BENCH_MODELS[model].name)
+
+
+def prepare_model(key: str, root: Path, model_home: Path | None = None) -> tuple[Path, str, Path]:
+    """The store, version and ``model.onnx`` of ``BENCH_MODELS[key]``: the newest version in
+    ``model_home`` (a BENTOML_HOME) if given, else one trained into ``root / "train"``."""
+    name = BENCH_MODELS[key].name
+    if model_home:
+        store, version = model_home.resolve(), newest_version(model_home, name)
+    else:
+        print(f"training {name} into a temporary store ...", flush=True)
+        store, version = train(root / "train", args=BENCH_MODELS[key].train_args, model=name)
+    onnx = store / "models" / name / version / "model.onnx"
+    print(f"model {name}:{version} ({onnx})", flush=True)
+    return store, version, onnx
+
+
 def make_bodies(rows: int, n: int = 64, seed: int = 0) -> list[bytes]:
     """``n`` ``/predict`` bodies of ``rows`` real digit rows each."""
     return [encode("predict", X)[0] for X in sample_rows(rows, n, seed)]
 
 
-def door_path(door: str) -> str:
-    return "/predict" if door == "predict" else OIP_PATH
+def door_path(door: str, model: str = MODEL) -> str:
+    return "/predict" if door == "predict" else f"/v2/models/{model}/infer"
 
 
 def encode(door: str, X: np.ndarray) -> tuple[bytes, dict[str, str]]:
@@ -452,10 +502,11 @@ async def run_open_loop(
     return summarize(server, result, latencies, failures, seen, duration)
 
 
-def check_labels(server: Server, door: str, X: np.ndarray) -> list[int]:
+def check_labels(server: Server, door: str, X: np.ndarray, model: str = MODEL) -> list[int]:
     """One request of ``door`` outside the measurement: its shape, and the labels it returns."""
     body, headers = encode(door, X)
-    r = httpx.post(f"{server.url}{door_path(door)}", content=body, headers=headers, timeout=60)
+    url = f"{server.url}{door_path(door, model)}"
+    r = httpx.post(url, content=body, headers=headers, timeout=60)
     r.raise_for_status()
     try:
         return answer_labels(door, r, len(X))
@@ -539,7 +590,7 @@ def print_table(title: str, table: list[list[str]]) -> None:
 
 def doors_of(kind: str, doors: Sequence[str]) -> list[str]:
     """The doors ``kind`` is measured through: the OIP ones on Argus only."""
-    return [d for d in doors if d == "predict" or kind.partition("@")[0] == "argus"]
+    return [d for d in doors if d == "predict" or kind.partition("@")[0] in ("argus", ALONE)]
 
 
 def report_doors(
@@ -792,9 +843,10 @@ def report(
     else:  # --scrape-interval 0
         scrape_note = "GET /metrics was not scraped: no window figures were computed."
     client_share = statistics.median(r.client_cpu_share for r in runs)
+    oip_path = door_path("oip-json", BENCH_MODELS[args.model].name)
     doors_note = (
         f"""
-  * Doors (Argus only): /predict; oip-json, POST {OIP_PATH} with a JSON
+  * Doors (Argus only): /predict; oip-json, POST {oip_path} with a JSON
     FP32 tensor and JSON outputs; oip-binary, the same with the binary tensor data
     extension both ways (float32 in, every output binary). Each door is a configuration of
     its own on the same server instance, same rows; the doors' order rotates each round.
@@ -887,7 +939,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--baseline", help="the server ratios are against (default: bare, or first)")
     p.add_argument("--target", type=float, default=0.90, help="Argus/bare req/s ratio goal")
-    p.add_argument("--model-home", type=Path, help="a BENTOML_HOME holding argus-digits")
+    p.add_argument(
+        "--model",
+        choices=tuple(BENCH_MODELS),
+        default="digits",
+        help="digits: the 64-feature MLP (default); digits784: the 784-feature MNIST-shaped "
+        "MLP on the digits resized to 28x28",
+    )
+    p.add_argument(
+        "--model-home", type=Path, help="a BENTOML_HOME holding the model (say argus-digits)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     p.add_argument(
@@ -930,7 +991,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.server_kinds or len(set(args.server_kinds)) < len(args.server_kinds):
         p.error("--servers takes distinct servers")
     for kind, _, tree in (k.partition("@") for k in args.server_kinds if not args.shadow):
-        if kind not in SERVERS or (tree and (kind != "argus" or not Path(tree).is_dir())):
+        if kind not in (*SERVERS, ALONE) or (tree and (kind != "argus" or not Path(tree).is_dir())):
             p.error(f"--servers takes {', '.join(SERVERS)} or argus@TREE, TREE a source tree")
     if args.baseline is None:
         args.baseline = "bare" if "bare" in args.server_kinds else args.server_kinds[0]
@@ -948,16 +1009,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def with_second_version(store: Path, root: Path) -> Path:
+def with_second_version(store: Path, root: Path, key: str = "digits") -> Path:
     """A store holding two versions of the model, for ``--shadow``: ``store`` if it does,
     else a copy of it under ``root`` with a version trained with another seed added."""
-    if len(stored_versions(store)) >= 2:
+    model = BENCH_MODELS[key]
+    if len(stored_versions(store, model.name)) >= 2:
         return store
     home = root / "train"
     if store != home / "bentoml":
-        shutil.copytree(store / "models" / MODEL, home / "bentoml" / "models" / MODEL)
-    print("training a second version of argus-digits for the shadow ...", flush=True)
-    return train(home, seed=1)[0]
+        shutil.copytree(store / "models" / model.name, home / "bentoml" / "models" / model.name)
+    print(f"training a second version of {model.name} for the shadow ...", flush=True)
+    return train(home, seed=1, args=model.train_args, model=model.name)[0]
 
 
 def shadow_counters(server: Server, live: str) -> tuple[float, float]:
@@ -980,19 +1042,16 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[RunResult] = []
     problems: list[str] = []
     current: Server | None = None
+    name = BENCH_MODELS[args.model].name
     try:
-        if args.model_home:
-            store, version = args.model_home.resolve(), newest_version(args.model_home)
-        else:
-            print("training argus-digits into a temporary store ...", flush=True)
-            store, version = train(root / "train")
-        onnx = store / "models" / MODEL / version / "model.onnx"
-        print(f"model {MODEL}:{version} ({onnx})", flush=True)
+        store, version, onnx = prepare_model(args.model, root, args.model_home)
         token = secrets.token_hex(16) if args.shadow else None  # ARGUS_ADMIN_TOKEN
         if args.shadow:
-            store = with_second_version(store, root)
+            store = with_second_version(store, root, args.model)
         ends: list[dict[str, Any]] = []  # --shadow: each server run's counters and RSS
-        samples = {rows: sample_rows(rows) for rows in args.batch_sizes}
+        samples = {
+            rows: request_rows(args.model, store, version, rows) for rows in args.batch_sizes
+        }
         bodies = {
             (door, rows): [encode(door, X) for X in samples[rows]]
             for door in args.door_list
@@ -1004,13 +1063,15 @@ def main(argv: list[str] | None = None) -> int:
             rates: dict[int, float] = {}  # --shadow: rows -> the open loop's req/s this round
             for kind in args.server_kinds:
                 current = make_server(
-                    "argus" if args.shadow else kind,
+                    "argus" if args.shadow or kind == ALONE else kind,
                     root,
                     store,
                     onnx,
                     args.workers,
                     args.bare_response,
                     admin_token=token,
+                    model=name,
+                    env={"ARGUS_COALESCE_WAIT_MS": "0"} if kind == ALONE else None,
                 )
                 started = time.monotonic()
                 current.start()
@@ -1019,12 +1080,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"(port {current.port}, {len(current.worker_procs())} workers)",
                     flush=True,
                 )
-                live = live_version(current) if args.shadow else None
+                live = live_version(current, name) if args.shadow else None
                 if kind == "live+shadow":
-                    shadow = [v for v in stored_versions(store) if v != live][-1]
+                    shadow = [v for v in stored_versions(store, name) if v != live][-1]
                     set_shadow(current, shadow, args.shadow_fraction, token or "")
                     print(
-                        f"  shadow {MODEL}:{shadow} on {args.shadow_fraction:.0%} of the rows "
+                        f"  shadow {name}:{shadow} on {args.shadow_fraction:.0%} of the rows "
                         f"{live} answers",
                         flush=True,
                     )
@@ -1032,7 +1093,7 @@ def main(argv: list[str] | None = None) -> int:
                 shift = (rnd - 1) % len(doors)  # spread the doors' ordering effects
                 doors = doors[shift:] + doors[:shift]
                 for door in doors:
-                    got = check_labels(current, door, check_rows)
+                    got = check_labels(current, door, check_rows, name)
                     if labels.setdefault(f"{kind} {door}", got) != got:
                         problems.append(f"{kind} {door} round {rnd}: labels changed")
                 phases = [(rows, door, "closed") for rows in args.batch_sizes for door in doors]
@@ -1046,7 +1107,7 @@ def main(argv: list[str] | None = None) -> int:
                             current,
                             result,
                             bodies[door, rows],
-                            path=door_path(door),
+                            path=door_path(door, name),
                             concurrency=args.concurrency,
                             warmup=args.warmup,
                             duration=args.duration,
@@ -1059,7 +1120,7 @@ def main(argv: list[str] | None = None) -> int:
                             current,
                             result,
                             bodies[door, rows],
-                            path=door_path(door),
+                            path=door_path(door, name),
                             rate=rates[rows],
                             connections=2 * args.concurrency,
                             warmup=args.warmup,
@@ -1124,7 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
                     "python": platform.python_version(),
                     "platform": platform.platform(),
                 },
-                "model": f"{MODEL}:{version}",
+                "model": f"{name}:{version}",
                 "runs": [{**asdict(r), "rss_mb": r.rss_mb} for r in runs],
                 **summary,
                 "problems": problems,
