@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 from monitoring.binned import psi
+from monitoring.tails import binomial_half_sf, normal_cdf
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def mcnemar_worse(
         return Verdict("mcnemar", None, None, 0, 0, False, margin, alpha)
     m = b + c
     # P(B >= b) for B ~ Binomial(m, 1/2); 1.0 when there is no discordant pair
-    p_value = float(stats.binom.sf(b - 1, m, 0.5)) if m else 1.0
+    p_value = binomial_half_sf(b, m) if m else 1.0
     delta = (c - b) / rows
     worse = p_value < alpha and delta < -margin
     return Verdict("mcnemar", p_value, delta, rows, m, worse, margin, alpha)
@@ -130,7 +130,7 @@ def two_proportion_worse(
     if se == 0:  # both all right or all wrong: no evidence either way
         p_value = 1.0 if delta >= 0 else 0.0
     else:
-        p_value = float(stats.norm.cdf(delta / se))
+        p_value = normal_cdf(delta / se)
     worse = p_value < alpha and delta < -margin
     return Verdict("two-proportion", p_value, delta, rows, None, worse, margin, alpha)
 

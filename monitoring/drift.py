@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 from monitoring.binned import (
     PSI_EPSILON,
@@ -26,6 +25,7 @@ from monitoring.binned import (
     psi_rows,
 )
 from monitoring.ks import as_float_matrix, ks_2samp_columns
+from monitoring.tails import chi2_sf
 
 
 def benjamini_hochberg(pvalues: ArrayLike, alpha: float = 0.05) -> np.ndarray:
@@ -355,7 +355,7 @@ def prediction_drift(
     smoothed = (smoothed + CLASS_SHARE_EPSILON) / (1.0 + CLASS_SHARE_EPSILON * k)
     expected = n * smoothed
     chi2 = float(np.sum((observed - expected) ** 2 / expected))
-    pvalue = float(stats.chi2.sf(chi2, k - 1)) if k > 1 else 1.0
+    pvalue = chi2_sf(chi2, k - 1) if k > 1 else 1.0
     ref_counts = np.asarray(reference_confidence_counts, dtype=np.float64).ravel()
     if not np.all(np.isfinite(ref_counts)) or np.any(ref_counts < 0) or ref_counts.sum() <= 0:
         raise ValueError("reference_confidence_counts must be non-negative with a positive sum")

@@ -2,45 +2,35 @@
 
 The same statistic and asymptotic p-value as ``scipy.stats.ks_2samp(..., method="asymp")``
 per column, computed for all columns together (a constant feature gives a statistic of 0
-and a p-value of 1), so a 784-feature window is tested in milliseconds.
+and a p-value of 1), so a 784-feature window is tested in milliseconds. The p-values come
+from ``monitoring/kolmogorov.py`` (numpy), so a serving worker never imports scipy.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import special, stats
 
-_SF_CACHE: dict[tuple[float, float], float] = {}
-_SF_CACHE_LIMIT = 200_000
+from monitoring.kolmogorov import kolmogorov_sf
+
+_SF_CACHE: dict[tuple[int, float], float] = {}
+_SF_CACHE_LIMIT = 20_000  # about 3 MB at most
 
 
-def _kolmogorov_sf(d: np.ndarray, n: float) -> np.ndarray:
-    """``scipy.stats.kstwo.sf(d, n)``, vectorised where scipy's own branch is closed-form.
-
-    For ``n * d**2`` above 4 scipy evaluates ``2 * smirnov(n, d)`` (Miller's formula, used
-    for every ``n``); that is computed here in one call. The remaining statistics go to
-    ``kstwo.sf`` once per distinct value, memoised: window sizes repeat, so statistics
-    repeat.
-    """
-    out = np.ones_like(d)
-    t = n * d
-    big = (t * d > 4.0) & (d < 1.0)
-    out[big] = np.clip(2.0 * special.smirnov(n, d[big]), 0.0, 1.0)
-    out[d >= 1.0] = 0.0
-    rest = ~big & (d < 1.0) & (t > 0.5)
-    if np.any(rest):
-        values = np.unique(d[rest]).tolist()
-        known = [_SF_CACHE.get((n, v)) for v in values]
-        missing = [v for v, p in zip(values, known, strict=True) if p is None]
-        if missing:
-            fresh = dict(zip(missing, stats.kstwo.sf(np.array(missing), n).tolist(), strict=True))
-            if len(_SF_CACHE) + len(fresh) > _SF_CACHE_LIMIT:
-                _SF_CACHE.clear()
-            _SF_CACHE.update(((n, v), p) for v, p in fresh.items())
-            known = [fresh[v] if p is None else p for v, p in zip(values, known, strict=True)]
-        out[rest] = np.array(known)[np.searchsorted(np.array(values), d[rest])]
-    return np.clip(out, 0.0, 1.0)
+def _kolmogorov_sf(d: np.ndarray, n: int) -> np.ndarray:
+    """``scipy.stats.kstwo.sf(d, n)`` (``monitoring/kolmogorov.py``), once per distinct
+    statistic, memoised: window sizes repeat, so statistics repeat."""
+    values = np.unique(d)
+    listed = values.tolist()
+    known = [_SF_CACHE.get((n, v)) for v in listed]
+    missing = [v for v, p in zip(listed, known, strict=True) if p is None]
+    if missing:
+        fresh = dict(zip(missing, kolmogorov_sf(np.array(missing), n).tolist(), strict=True))
+        if len(_SF_CACHE) + len(fresh) > _SF_CACHE_LIMIT:
+            _SF_CACHE.clear()
+        _SF_CACHE.update(((n, v), p) for v, p in fresh.items())
+        known = [fresh[v] if p is None else p for v, p in zip(listed, known, strict=True)]
+    return np.array(known, dtype=np.float64)[np.searchsorted(values, d)]
 
 
 def _order_keys(x: np.ndarray) -> np.ndarray:
@@ -50,8 +40,9 @@ def _order_keys(x: np.ndarray) -> np.ndarray:
 
 
 def _block_rows(total: int) -> int:
-    """Columns processed together: about a megabyte of keys per temporary array."""
-    return max(1, min(128, (1 << 17) // total))
+    """Columns processed together: about 256 KB per temporary array (a scrape's
+    temporaries are what a worker's allocator keeps afterwards)."""
+    return max(1, min(128, (1 << 15) // total))
 
 
 def _ks_extremes_float32(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
@@ -66,19 +57,22 @@ def _ks_extremes_float32(ref: np.ndarray, cur: np.ndarray) -> np.ndarray:
     n1, n2, d = ref.shape[0], cur.shape[0], ref.shape[1]
     total = n1 + n2
     block = _block_rows(total)
-    kr, kc = _order_keys(ref), _order_keys(cur)
     scaled_pos = np.arange(1, total + 1, dtype=np.int64) * n2
     out = np.empty((2, d), dtype=np.int64)
     buf = np.empty((min(block, d), total), dtype=np.int64)
-    for start in range(0, d, block):
+    work = np.empty_like(buf)
+    for start in range(0, d, block):  # keys and temporaries per block: a few MB at most
         stop = min(start + block, d)
-        keys = buf[: stop - start]
-        keys[:, :n1] = kr[:, start:stop].T
-        keys[:, n1:] = kc[:, start:stop].T
+        keys, gap = buf[: stop - start], work[: stop - start]
+        keys[:, :n1] = _order_keys(ref[:, start:stop]).T
+        keys[:, n1:] = _order_keys(cur[:, start:stop]).T
         keys <<= 1
         keys[:, n1:] |= 1
         keys.sort(axis=1)
-        gap = scaled_pos - np.cumsum(keys & 1, axis=1) * total
+        np.bitwise_and(keys, 1, out=gap)
+        np.cumsum(gap, axis=1, out=gap)
+        gap *= total
+        np.subtract(scaled_pos, gap, out=gap)
         out[0, start:stop] = gap.min(axis=1)
         keys >>= 1
         gap[:, :-1][keys[:, :-1] == keys[:, 1:]] = 0
@@ -175,5 +169,5 @@ def ks_2samp_columns(reference: ArrayLike, current: ArrayLike) -> tuple[np.ndarr
         lo, hi = _ks_extremes_generic(ref.astype(np.float64), cur.astype(np.float64))
     statistic = np.maximum(hi, -lo) / float(n1 * n2)
     m, n = max(n1, n2), min(n1, n2)
-    en = float(np.round(m * n / (m + n)))
+    en = int(np.round(m * n / (m + n)))
     return statistic, _kolmogorov_sf(statistic, en)

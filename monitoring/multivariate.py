@@ -60,7 +60,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import special
+
+from monitoring.tails import normal_cdf
 
 
 def _scores(a: ArrayLike, name: str) -> np.ndarray:
@@ -178,7 +179,7 @@ class MultivariateDriftDetector:
         variance = n1 * n2 / 12.0 * ((n + 1) - tie_term)
         if variance > 0.0:
             z = (u - n1 * n2 / 2.0 - 0.5) / math.sqrt(variance)
-            p_value = float(min(1.0, max(0.0, special.ndtr(-z))))
+            p_value = min(1.0, max(0.0, normal_cdf(-z)))
         else:  # every score equal: no evidence either way
             p_value = 1.0
         effect = 2.0 * u / (n1 * n2) - 1.0

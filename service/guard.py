@@ -39,9 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from monitoring.compare import two_proportion_worse
+from monitoring.tails import normal_sf
 from monitoring.windows import WindowFigures
 from service.exposition import MetricsExposition
 from service.fleet import Fleet
@@ -265,7 +265,7 @@ class Guard:
         diff = p_new - p_old + self.policy.margin
         if se == 0:
             return 0.0 if diff > 0 else 1.0
-        return float(stats.norm.sf(diff / se))
+        return normal_sf(diff / se)
 
     def _rollback(
         self,
