@@ -78,7 +78,8 @@ class Shadow:
         self.state = state
         self.metrics = metrics
         self.max_pending = max_pending
-        self.rng = np.random.default_rng(seed)
+        self._seed = seed
+        self._rng: np.random.Generator | None = None  # numpy.random: 2 MB, only if needed
         self._queue: asyncio.Queue[tuple[LoadedVersion, np.ndarray, list[str], float]] | None
         self._queue = None
         self._task: asyncio.Task[None] | None = None
@@ -110,7 +111,9 @@ class Shadow:
         if setting.share >= 1.0:
             picked = np.arange(len(row_ids))
         else:
-            picked = np.flatnonzero(self.rng.random(len(row_ids)) < setting.share)
+            if self._rng is None:
+                self._rng = np.random.default_rng(self._seed)
+            picked = np.flatnonzero(self._rng.random(len(row_ids)) < setting.share)
         if not len(picked):
             return 0
         loop = asyncio.get_running_loop()

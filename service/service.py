@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from errors import StateError
 from models import store
-from service import logs, prometheus_files, timeout, ui, v2
+from service import allocator, logs, prometheus_files, timeout, ui, v2
 from service.exposition import MetricsExposition
 from service.fleet import Fleet
 from service.guard import Guard, RequestErrors
@@ -162,6 +162,7 @@ read_api = Starlette(
 )
 
 _SETTINGS = Settings.from_env()
+allocator.install()  # freed temporaries leave the worker's RSS (service/allocator.py)
 timeout.install()  # BentoML's own timeout keeps each request alive for the whole timeout
 logs.install()  # BentoML logs each malformed body as an ERROR traceback
 prometheus_files.install()  # a metrics file caught while being created failed /metrics

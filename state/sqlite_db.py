@@ -218,6 +218,7 @@ class SQLiteFile:
             conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA secure_delete=FAST")
+        conn.execute("PRAGMA cache_size=-512")  # 512 KiB per connection, one per thread
         found = schema_version(conn)
         if found is None and not self.read_only:
             with self._write_lock:
