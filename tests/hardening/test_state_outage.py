@@ -104,6 +104,20 @@ class Load:
             t.join(30)
 
 
+def probe_workers(server: ArgusServer, workers: int, tries: int = 60) -> dict[str, str]:
+    """The version each worker answers with, from fresh connections until every worker
+    has answered (a connection stays with one worker)."""
+    seen: dict[str, str] = {}
+    for k in range(tries):
+        with server.client() as c:
+            r = c.post("/predict", json={"instances": rows(1, k)})
+        assert r.status_code == 200, r.text
+        seen[r.headers["x-argus-worker"]] = r.json()["version"]
+        if len(seen) >= workers:
+            break
+    return seen
+
+
 def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
     """Seconds until ``check()`` holds; fails the test naming ``what`` after ``timeout``."""
     started = time.monotonic()
@@ -259,6 +273,7 @@ def test_redis_restarted_empty_switches_nothing(
                 time.sleep(10)
             after = [(w, v) for t, w, v in load.versions if t > restarted]
             workers = {w for w, _ in after}
+            seen = probe_workers(server, len(server.worker_pids()))  # 10 s on: every worker
             with server.client() as c:
                 models = c.get("/models").json()
             text = metrics(server)
@@ -266,12 +281,13 @@ def test_redis_restarted_empty_switches_nothing(
     restored = [s for s in models["history"] if s["reason"] == "restored"]
     print(
         f"\nredis restarted empty: {len(after)} answers in the 10 s after, from workers "
-        f"{sorted(workers)}, versions {sorted({v for _, v in after})}; history line of the "
+        f"{sorted(workers)}, versions {sorted({v for _, v in after})}; then every worker: "
+        f"{seen}; history line of the "
         f"restore: {restored}; failed requests {len(load.failures)}"
     )
     assert not load.failures, load.failures[:5]
-    assert len(workers) == 2, "both workers should have answered"
-    assert {v for _, v in after} == {old.version}
+    assert len(seen) == 2, f"both workers should have answered: {seen}"
+    assert {v for _, v in after} == {old.version} == set(seen.values())
     assert models["live"] == old.version, models
     assert models["candidate"]["role"] == "shadow", models
     assert models["candidate"]["version"] == new.version, models
