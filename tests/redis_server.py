@@ -46,6 +46,18 @@ def require_redis() -> str:
     return binary
 
 
+def end(proc: subprocess.Popen[bytes] | None) -> None:
+    """Terminate ``proc`` (if running), killing it after 5 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -115,15 +127,8 @@ class RedisServer:
             self.proc = None
 
     def stop(self, *, remove: bool = False) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
+        end(self.proc)
+        self.proc = None
         if remove:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -185,13 +190,6 @@ class SentinelServer:
         raise RuntimeError(f"redis-sentinel did not answer PING on port {self.port}:\n{tail}")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            self.proc = None
+        end(self.proc)
+        self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
