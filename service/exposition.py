@@ -242,7 +242,7 @@ class MetricsExposition:
         ``shadow_ids`` whose live prediction is logged under ``live``."""
         shadow_ids = [i for i in shadow_ids if i.endswith(SHADOW_SUFFIX)]
         bases = [i[: -len(SHADOW_SUFFIX)] for i in shadow_ids]
-        found = self.state.lookup(bases + shadow_ids)
+        found = self.state.outcomes(bases + shadow_ids)
         rows = [
             (found[b], found[s])
             for b, s in zip(bases, shadow_ids, strict=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic_core import from_json, to_json
@@ -37,6 +37,14 @@ class PredictionRecord:
     inputs: tuple[float, ...] | None = None
     true_label: int | None = None
     feedback_t: float | None = None
+
+
+class Outcome(NamedTuple):
+    """What a comparison needs of one logged row, and no more (``StateStore.outcomes``)."""
+
+    version: str
+    label: int  # predicted
+    true_label: int | None  # None until feedback
 
 
 _HEAD = struct.Struct("<I")  # JSON header length inside the payload

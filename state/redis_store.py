@@ -67,7 +67,7 @@ from state.backend import (
     rollback_target_of,
     window_length,
 )
-from state.records import PredictionBatch, PredictionRecord
+from state.records import Outcome, PredictionBatch, PredictionRecord
 from state.redis_db import RedisDB
 from state.types import (
     DEFAULT,
@@ -235,6 +235,21 @@ class RedisState(Backend):
                 pipe.hmget(f"{self.prefix}p:{id_}", "m", "v", "w", "q", "x", "y", "f")
             rows = pipe.execute()
         return {id_: _record(id_, row) for id_, row in zip(wanted, rows, strict=True) if row[0]}
+
+    def outcomes(self, ids: Sequence[str]) -> dict[str, Outcome]:
+        wanted = list(dict.fromkeys(ids))
+        with self._db.use("look up predictions") as conn:
+            if not wanted:
+                return {}
+            pipe = conn.client.pipeline(transaction=False)
+            for id_ in wanted:
+                pipe.hmget(f"{self.prefix}p:{id_}", "v", "w", "y")
+            rows = pipe.execute()
+        return {
+            id_: Outcome(v.decode(), _W.unpack_from(w)[1], None if y is None else int(y))
+            for id_, (v, w, y) in zip(wanted, rows, strict=True)
+            if v is not None
+        }
 
     # -- windows ------------------------------------------------------------------------
 

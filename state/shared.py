@@ -57,7 +57,7 @@ import numpy as np
 from errors import DuplicateIdError, StateError
 from state.backend import check_unique
 from state.journal import JournalFolder
-from state.records import PredictionBatch, PredictionRecord
+from state.records import Outcome, PredictionBatch, PredictionRecord
 from state.types import (
     ROLLBACK,
     Candidate,
@@ -142,6 +142,10 @@ class SharedState(ABC):
     def lookup(self, ids: Sequence[str]) -> dict[str, PredictionRecord]:
         self.ingest()
         return self.inner.lookup(ids)
+
+    def outcomes(self, ids: Sequence[str]) -> dict[str, Outcome]:
+        self.ingest()
+        return self.inner.outcomes(ids)
 
     def record_feedback(self, items: Sequence[tuple[str, int]], t: float) -> FeedbackResult:
         self.ingest()

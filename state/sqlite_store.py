@@ -29,7 +29,7 @@ from state.backend import (
     rollback_target_of,
     window_length,
 )
-from state.records import PredictionBatch, PredictionRecord
+from state.records import Outcome, PredictionBatch, PredictionRecord
 from state.sqlite_db import SCHEMA_VERSION, SQLiteFile, is_integrity
 from state.types import (
     DEFAULT,
@@ -185,6 +185,31 @@ class SQLiteState(Backend):
                         blocks[block[0]] = block
                 for r in rows:
                     found[r[0]] = _record(r, blocks[r[3]])
+        return found
+
+    def outcomes(self, ids: Sequence[str]) -> dict[str, Outcome]:
+        wanted = list(dict.fromkeys(ids))
+        found: dict[str, Outcome] = {}
+        with self._use("look up predictions") as conn:
+            for start in range(0, len(wanted), _CHUNK):
+                chunk = wanted[start : start + _CHUNK]
+                marks = ", ".join("?" * len(chunk))
+                rows = conn.execute(
+                    "SELECT i.id, v.version, i.block, i.pos, i.true_label FROM ids AS i "
+                    f"JOIN versions AS v ON v.vid = i.vid WHERE i.id IN ({marks})",
+                    chunk,
+                ).fetchall()
+                labels: dict[int, bytes] = {}
+                for first in range(0, len(rows), _CHUNK):  # each block is read once
+                    numbers = list({r[2] for r in rows[first : first + _CHUNK]} - set(labels))
+                    marks = ", ".join("?" * len(numbers))
+                    labels.update(
+                        conn.execute(
+                            f"SELECT block, labels FROM blocks WHERE block IN ({marks})", numbers
+                        ).fetchall()
+                    )
+                for id_, version, block, pos, true in rows:
+                    found[id_] = Outcome(version, _I8.unpack_from(labels[block], 8 * pos)[0], true)
         return found
 
     # -- windows ------------------------------------------------------------------------

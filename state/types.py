@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from errors import StateError
-from state.records import PredictionBatch, PredictionRecord
+from state.records import Outcome, PredictionBatch, PredictionRecord
 
 ErrorHook = Callable[[str, StateError], None]
 """Called with (operation, error) for a failure no caller waits for (a prune after a
@@ -245,6 +245,11 @@ class StateStore(Protocol):
 
     def lookup(self, ids: Sequence[str]) -> dict[str, PredictionRecord]:
         """The logged records among ``ids`` (missing ids are absent from the dict)."""
+        ...
+
+    def outcomes(self, ids: Sequence[str]) -> dict[str, Outcome]:
+        """``lookup`` cut down to the version, predicted label and true label of each row:
+        a comparison over thousands of rows reads no probabilities nor inputs."""
         ...
 
     def input_window(self, model: str, version: str, n: int) -> np.ndarray:

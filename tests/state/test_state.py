@@ -279,6 +279,19 @@ def test_record_and_lookup_round_trip(store: StateStore) -> None:
     assert store.counts("m", "v1").predictions == 3
 
 
+def test_outcomes_are_lookup_cut_down(store: StateStore) -> None:
+    records = record(store, 4)
+    store.record_feedback([(records[1].id, 7)], t=2000.0)
+    ids = [records[0].id, "nope", records[1].id, records[3].id, records[0].id]
+    full = store.lookup(ids)
+    outcomes = store.outcomes(ids)
+    assert sorted(outcomes) == sorted(full) == sorted({records[0].id, records[1].id, records[3].id})
+    for id_, rec in full.items():
+        assert outcomes[id_] == (rec.version, rec.label, rec.true_label)
+    assert outcomes[records[1].id].true_label == 7 and outcomes[records[0].id].true_label is None
+    assert store.outcomes([]) == {}
+
+
 def test_inputs_logged_only_when_asked(backend: Backend) -> None:
     store = backend.open(store_inputs=True)
     records = record(store, 2, features=3)
