@@ -4,12 +4,18 @@ shadow that predicts answered rows off the response path.
 A **canary** answers ``share`` of the requests: the same rows' ids always go to the same
 version (a hash of the request's first id), a request without ids is chosen at random.
 A **shadow** predicts ``share`` of the rows the live version answered, after the answer
-has left: the rows wait in a bounded queue for this worker's shadow task, which runs the
-candidate in a thread of its own at the lowest CPU priority (``nice`` 19, so the kernel
-gives the cores to answers first) and logs its predictions under the candidate's version, each row
-under its live id plus ``state.ids.SHADOW_SUFFIX``, so a label for the row joins both. When
-the queue is full the rows are dropped and counted (``argus_candidate_dropped_total``):
-a shadow that cannot keep up never delays answers nor grows memory without bound.
+has left: the rows wait in a bounded queue for this worker's shadow task, which lets them
+gather for ``GATHER_SECONDS``, then predicts the group in one onnxruntime call and logs
+it in one journal record under the candidate's version, each row under its live id plus
+``state.ids.SHADOW_SUFFIX``, so a label for the row joins both. When the queue is full
+the rows are dropped and counted (``argus_candidate_dropped_total``): a shadow that cannot
+keep up never delays answers nor grows memory without bound.
+
+The task runs on the event loop, between answers, and a group is small (``MAX_GROUP_ROWS``
+rows: a fraction of a millisecond). Not in a thread of its own: such a thread, even at
+nice 19, holds the GIL while the kernel makes it wait for a core, and the answers wait
+with it. Gathering is what makes the shadow cheap: a group of many requests costs the
+worker far less than as many groups of one.
 """
 
 from __future__ import annotations
@@ -17,11 +23,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import random
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -37,6 +40,9 @@ log = logging.getLogger("argus.candidates")
 
 MAX_PENDING = 64
 """Requests' worth of rows a worker's shadow queue holds before it drops."""
+GATHER_SECONDS = 0.05
+"""How long the shadow lets rows gather before it predicts them: the shadow is not in a
+hurry, and a group of many requests costs the worker far less than as many groups."""
 MAX_GROUP = 32
 MAX_GROUP_ROWS = 256
 """Requests, and rows, the shadow predicts in one call: past a few hundred rows numpy's
@@ -83,11 +89,9 @@ class Shadow:
         self._queue: asyncio.Queue[tuple[LoadedVersion, np.ndarray, list[str], float]] | None
         self._queue = None
         self._task: asyncio.Task[None] | None = None
+        self._queued_rows = 0
         self._started: set[tuple[str, str]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="argus-shadow", initializer=_lowest_priority
-        )
 
     def offer(
         self,
@@ -118,11 +122,8 @@ class Shadow:
             return 0
         loop = asyncio.get_running_loop()
         if self._queue is None or self._loop is not loop:  # first use, or a new event loop
-            self._queue, self._task, self._loop = (
-                asyncio.Queue(maxsize=self.max_pending),
-                None,
-                loop,
-            )
+            self._queue, self._task, self._loop = asyncio.Queue(self.max_pending), None, loop
+            self._queued_rows = 0
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         try:
@@ -130,6 +131,7 @@ class Shadow:
         except asyncio.QueueFull:
             self.metrics.candidate_dropped.labels(loaded.name, loaded.version).inc(len(picked))
             return 0
+        self._queued_rows += len(picked)
         return len(picked)
 
     async def _run(self) -> None:
@@ -140,6 +142,8 @@ class Shadow:
         assert queue is not None
         while True:
             first = await queue.get()
+            if self._queued_rows < MAX_GROUP_ROWS and queue.qsize() + 1 < MAX_GROUP:
+                await asyncio.sleep(GATHER_SECONDS)  # let a group gather: fewer, larger calls
             group = [first]
             rows = len(first[1])
             while not queue.empty() and len(group) < MAX_GROUP and rows < MAX_GROUP_ROWS:
@@ -150,11 +154,16 @@ class Shadow:
                     break
                 group.append(item)
                 rows += len(item[1])
+            self._queued_rows -= rows
             loaded = first[0]
             try:
                 X = np.concatenate([item[1] for item in group])
                 ids = [i for item in group for i in item[2]]
-                await self._predict_and_log(loaded, X, ids, group[-1][3])
+                for at in range(0, len(ids), MAX_GROUP_ROWS):  # a big request: in parts
+                    if at:
+                        await asyncio.sleep(0)  # answers go first
+                    end = at + MAX_GROUP_ROWS
+                    await self._predict_and_log(loaded, X[at:end], ids[at:end], group[-1][3])
             except Exception:  # keep the task alive whatever one group did
                 log.exception("shadow %s:%s failed on a batch", loaded.name, loaded.version)
             finally:
@@ -164,8 +173,7 @@ class Shadow:
     async def _predict_and_log(
         self, loaded: LoadedVersion, X: np.ndarray, ids: list[str], t: float
     ) -> None:
-        loop = asyncio.get_running_loop()
-        pred = await loop.run_in_executor(self._executor, loaded.predict, X)
+        pred = loaded.predict(X)
         finite = np.isfinite(pred.probabilities).all(axis=1) & np.isfinite(pred.anomaly_scores)
         if not finite.all():  # rows the candidate cannot score are not logged: counted
             self.metrics.candidate_dropped.labels(loaded.name, loaded.version).inc(
@@ -196,12 +204,3 @@ class Shadow:
         """Wait until every queued row is predicted and logged (tests, shutdown)."""
         if self._queue is not None and self._loop is asyncio.get_running_loop():
             await self._queue.join()
-
-
-def _lowest_priority() -> None:
-    """Lower the calling thread (the shadow's) to nice 19: Linux schedules threads apart,
-    so the worker's own threads keep their priority."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (OSError, AttributeError):  # another OS, or not allowed: run at normal priority
-        log.warning("the shadow's thread runs at normal CPU priority")
