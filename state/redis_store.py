@@ -226,30 +226,26 @@ class RedisState(Backend):
         return FeedbackResult(accepted, unknown, duplicate, joined)
 
     def lookup(self, ids: Sequence[str]) -> dict[str, PredictionRecord]:
-        wanted = list(dict.fromkeys(ids))
-        with self._db.use("look up predictions") as conn:
-            if not wanted:
-                return {}
-            pipe = conn.client.pipeline(transaction=False)
-            for id_ in wanted:
-                pipe.hmget(f"{self.prefix}p:{id_}", "m", "v", "w", "q", "x", "y", "f")
-            rows = pipe.execute()
-        return {id_: _record(id_, row) for id_, row in zip(wanted, rows, strict=True) if row[0]}
+        found = self._fields(ids, "m", "v", "w", "q", "x", "y", "f")
+        return {id_: _record(id_, row) for id_, row in found}
 
     def outcomes(self, ids: Sequence[str]) -> dict[str, Outcome]:
-        wanted = list(dict.fromkeys(ids))
-        with self._db.use("look up predictions") as conn:
-            if not wanted:
-                return {}
-            pipe = conn.client.pipeline(transaction=False)
-            for id_ in wanted:
-                pipe.hmget(f"{self.prefix}p:{id_}", "v", "w", "y")
-            rows = pipe.execute()
         return {
             id_: Outcome(v.decode(), _W.unpack_from(w)[1], None if y is None else int(y))
-            for id_, (v, w, y) in zip(wanted, rows, strict=True)
-            if v is not None
+            for id_, (v, w, y) in self._fields(ids, "v", "w", "y")
         }
+
+    def _fields(self, ids: Sequence[str], *fields: str) -> list[tuple[str, list[Any]]]:
+        """``fields`` of each logged id among ``ids`` (the first field is always set)."""
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        with self._db.use("look up predictions") as conn:
+            pipe = conn.client.pipeline(transaction=False)
+            for id_ in wanted:
+                pipe.hmget(f"{self.prefix}p:{id_}", *fields)
+            rows = pipe.execute()
+        return [(id_, row) for id_, row in zip(wanted, rows, strict=True) if row[0] is not None]
 
     # -- windows ------------------------------------------------------------------------
 

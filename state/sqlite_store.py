@@ -161,56 +161,49 @@ class SQLiteState(Backend):
         return FeedbackResult(accepted, unknown, duplicate, joined)
 
     def lookup(self, ids: Sequence[str]) -> dict[str, PredictionRecord]:
+        joined = self._with_blocks(
+            ids,
+            "i.id, v.model, v.version, i.block, i.pos, i.true_label, i.feedback_t",
+            "k, d, ts, labels, confidences, scores, anomalous, probabilities, x",
+        )
+        return {row[0]: _record(row, block) for row, block in joined}
+
+    def outcomes(self, ids: Sequence[str]) -> dict[str, Outcome]:
+        joined = self._with_blocks(ids, "i.id, v.version, i.block, i.pos, i.true_label", "labels")
+        return {
+            id_: Outcome(version, _I8.unpack_from(block[1], 8 * pos)[0], true)
+            for (id_, version, _, pos, true), block in joined
+        }
+
+    def _with_blocks(
+        self, ids: Sequence[str], columns: str, block_columns: str
+    ) -> list[tuple[tuple, tuple]]:
+        """(row, block) of each logged id among ``ids``: ``columns`` of ``ids AS i JOIN
+        versions AS v`` (``i.block`` among them), and ``block``, ``block_columns`` of its
+        block, each block read once."""
+        at = [c.strip() for c in columns.split(",")].index("i.block")
         wanted = list(dict.fromkeys(ids))
-        found: dict[str, PredictionRecord] = {}
+        joined: list[tuple[tuple, tuple]] = []
         with self._use("look up predictions") as conn:
             for start in range(0, len(wanted), _CHUNK):
                 chunk = wanted[start : start + _CHUNK]
                 marks = ", ".join("?" * len(chunk))
                 rows = conn.execute(
-                    "SELECT i.id, v.model, v.version, i.block, i.pos, i.true_label, "
-                    "i.feedback_t FROM ids AS i JOIN versions AS v ON v.vid = i.vid "
+                    f"SELECT {columns} FROM ids AS i JOIN versions AS v ON v.vid = i.vid "
                     f"WHERE i.id IN ({marks})",
                     chunk,
                 ).fetchall()
                 blocks: dict[int, tuple] = {}
-                for first in range(0, len(rows), _CHUNK):  # each block is read once
-                    numbers = list({r[3] for r in rows[first : first + _CHUNK]} - set(blocks))
+                for first in range(0, len(rows), _CHUNK):
+                    numbers = list({r[at] for r in rows[first : first + _CHUNK]} - set(blocks))
                     marks = ", ".join("?" * len(numbers))
                     for block in conn.execute(
-                        "SELECT block, k, d, ts, labels, confidences, scores, anomalous, "
-                        f"probabilities, x FROM blocks WHERE block IN ({marks})",
+                        f"SELECT block, {block_columns} FROM blocks WHERE block IN ({marks})",
                         numbers,
                     ):
                         blocks[block[0]] = block
-                for r in rows:
-                    found[r[0]] = _record(r, blocks[r[3]])
-        return found
-
-    def outcomes(self, ids: Sequence[str]) -> dict[str, Outcome]:
-        wanted = list(dict.fromkeys(ids))
-        found: dict[str, Outcome] = {}
-        with self._use("look up predictions") as conn:
-            for start in range(0, len(wanted), _CHUNK):
-                chunk = wanted[start : start + _CHUNK]
-                marks = ", ".join("?" * len(chunk))
-                rows = conn.execute(
-                    "SELECT i.id, v.version, i.block, i.pos, i.true_label FROM ids AS i "
-                    f"JOIN versions AS v ON v.vid = i.vid WHERE i.id IN ({marks})",
-                    chunk,
-                ).fetchall()
-                labels: dict[int, bytes] = {}
-                for first in range(0, len(rows), _CHUNK):  # each block is read once
-                    numbers = list({r[2] for r in rows[first : first + _CHUNK]} - set(labels))
-                    marks = ", ".join("?" * len(numbers))
-                    labels.update(
-                        conn.execute(
-                            f"SELECT block, labels FROM blocks WHERE block IN ({marks})", numbers
-                        ).fetchall()
-                    )
-                for id_, version, block, pos, true in rows:
-                    found[id_] = Outcome(version, _I8.unpack_from(labels[block], 8 * pos)[0], true)
-        return found
+                joined += [(r, blocks[r[at]]) for r in rows]
+        return joined
 
     # -- windows ------------------------------------------------------------------------
 
