@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score
 
 from models.store import StoredVersion
+from service import candidates
 from service.candidates import route
 from service.exposition import MetricsExposition
 from service.fleet import Fleet
@@ -158,3 +159,50 @@ def test_canary_answers_its_share_sticky_per_id_and_promote_then_rollback(
     with pytest.raises(RequestError) as info:
         core.promote(TOKEN)
     assert info.value.status == 409 and info.value.reason == "no_candidate"
+
+
+class _CountingLog:
+    """The state, noting the size of each batch the shadow logs."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.sizes: list[int] = []
+
+    async def record_answered(self, batch: Any) -> None:
+        self.sizes.append(len(batch.ids))
+        await self.state.record_answered(batch)
+
+
+def test_the_shadow_gathers_drops_what_it_cannot_hold_and_splits_big_requests(
+    tmp_path: Path, versions: tuple[StoredVersion, StoredVersion], monkeypatch: Any
+) -> None:
+    live, skl = versions
+    core, _ = make(tmp_path, live)
+    monkeypatch.setattr(candidates, "GATHER_SECONDS", 0.5)  # the requests below all come within it
+    core.shadow.max_pending = 2
+    logged = _CountingLog(core.state)
+    core.shadow.state = logged  # type: ignore[assignment]
+    dropped = core.metrics.candidate_dropped.labels(live.name, skl.version)
+    X = DIGITS.data[:625].astype(np.float32)
+    ids = [f"gather-{i}" for i in range(len(X))]
+
+    async def scenario() -> list[str]:
+        core.set_candidate("shadow", skl.version, 1.0, TOKEN)
+        before = dropped._value.get()
+        answered = []
+        for k in range(5):  # request 1 is taken and gathers; 2 and 3 wait; 4 and 5 are dropped
+            out = await core.predict(X[5 * k : 5 * k + 5].tolist(), ids[5 * k : 5 * k + 5])
+            answered.append(out["version"])
+        assert logged.sizes == []  # answered before the shadow predicted anything
+        assert dropped._value.get() - before == 2 * 5
+        await core.shadow.drain()
+        assert logged.sizes == [15]  # requests 1-3, one call and one journal record
+        out = await core.predict(X[25:625].tolist(), ids[25:625])  # one big request
+        answered.append(out["version"])
+        await core.shadow.drain()
+        return answered
+
+    assert asyncio.run(scenario()) == [live.version] * 6
+    assert logged.sizes[1:] == [256, 256, 88]  # in parts: none holds the loop long
+    stored = core.state.lookup([shadow_id(i) for i in ids])
+    assert sorted(stored) == sorted(shadow_id(i) for i in ids[:15] + ids[25:625])
