@@ -64,8 +64,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
-import shutil
 import signal
 import statistics
 import subprocess
@@ -89,8 +87,12 @@ if str(REPO) not in sys.path:  # run as a script from the repo root
 from bench.servers import (  # noqa: E402
     MODEL,
     Server,
+    add_load_args,
+    check_load_args,
     clean_env,
+    finish,
     free_port,
+    machine,
     make_server,
     newest_version,
     train,
@@ -472,12 +474,7 @@ def by_round(r: RunResult) -> int:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3, help="rounds of every server")
-    p.add_argument("--duration", type=float, default=8.0, help="measured seconds per load")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    p.add_argument("--workers", type=int, default=2, help="worker processes of each server")
-    p.add_argument("--batches", default="1,64", help="rows per request, comma separated")
+    add_load_args(p, rounds=3, rounds_help="rounds of every server")
     p.add_argument(
         "--servers", default=",".join(CONTENDERS), help="which, comma separated, in this order"
     )
@@ -510,17 +507,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run argus serve on the code of this source tree (say an export of a commit)",
     )
     p.add_argument("--model-home", type=Path, help="a BENTOML_HOME holding argus-digits")
-    p.add_argument("--json", type=Path, help="write every figure to this JSON file")
-    p.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
     args = p.parse_args(argv)
-    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
-        p.error("--duration > 0, --warmup >= 0, --concurrency >= 1 and --rounds >= 1")
-    try:
-        args.batch_sizes = [int(b) for b in args.batches.split(",") if b.strip()]
-    except ValueError:
-        p.error("--batches must be comma-separated integers")
-    if not args.batch_sizes or min(args.batch_sizes) < 1:
-        p.error("--batches must hold positive integers")
+    check_load_args(p, args)
     args.server_names = [s.strip() for s in args.servers.split(",") if s.strip()]
     if not set(args.server_names) <= set(CONTENDERS) or len(set(args.server_names)) < len(
         args.server_names
@@ -646,11 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             payload = {
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
+                "machine": machine(),
                 "model": f"{MODEL}:{version}",
                 "servers": {
                     n: {"what": CONTENDERS[n].what, "not_run": not_run.get(n)}
@@ -667,16 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if current is not None:
             current.stop()
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if problems:
-        print(f"\nFAILED ({len(problems)} problem(s)):", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    return 0
+    return finish(root, args.keep, problems)
 
 
 if __name__ == "__main__":

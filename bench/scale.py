@@ -39,9 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import shutil
 import signal
 import statistics
 import sys
@@ -57,7 +54,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from bench/
     sys.path.insert(0, str(REPO))
 
-from bench.servers import BENCH_MODELS, Server, make_server, open_balanced  # noqa: E402
+from bench.servers import (  # noqa: E402
+    BENCH_MODELS,
+    Server,
+    add_load_args,
+    check_load_args,
+    finish,
+    machine,
+    make_server,
+    open_balanced,
+)
 from bench.serving import (  # noqa: E402
     RunResult,
     check_labels,
@@ -301,12 +307,7 @@ monitoring share = that difference / Argus CPU ms/req. scrape ms: median latency
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3, help="bare/argus alternations per model")
-    p.add_argument("--duration", type=float, default=6.0, help="measured seconds per config")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    p.add_argument("--workers", type=int, default=2, help="worker processes of each server")
-    p.add_argument("--batches", default="1,64", help="rows per request, comma separated")
+    add_load_args(p, rounds=3, rounds_help="bare/argus alternations per model", duration=6.0)
     p.add_argument(
         "--models",
         default=",".join(BENCH_MODELS),
@@ -319,19 +320,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="also scrape /metrics every this many seconds during the load (0: never)",
     )
-    p.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
-    p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = p.parse_args(argv)
-    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
-        p.error("--duration > 0, --warmup >= 0, --concurrency >= 1 and --rounds >= 1")
+    check_load_args(p, args)
     if args.scrapes < 1:
         p.error("--scrapes must be >= 1")
-    try:
-        args.batch_sizes = [int(b) for b in args.batches.split(",") if b.strip()]
-    except ValueError:
-        p.error("--batches must be comma-separated integers")
-    if not args.batch_sizes or min(args.batch_sizes) < 1:
-        p.error("--batches must hold positive integers")
     args.model_keys = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.model_keys or not set(args.model_keys) <= set(BENCH_MODELS):
         p.error(f"--models takes {', '.join(BENCH_MODELS)}")
@@ -344,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="argus-scale-"))
     runs: list[dict[str, Any]] = []
     models: list[dict[str, Any]] = []
-    problem = ""
+    problems: list[str] = []
     try:
         for key in args.model_keys:
             models.append(run_model(key, root, args, runs))
@@ -352,12 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             payload = {
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                    "load_average": os.getloadavg(),
-                },
+                "machine": machine(),
                 "models": models,
                 "table": table,
                 "runs": runs,
@@ -365,16 +352,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps(payload, indent=2))
             print(f"wrote {args.json}")
     except Exception as exc:
-        problem = f"{type(exc).__name__}: {exc}"
-    finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if problem:
-        print(f"\nFAILED: {problem}", file=sys.stderr)
-        return 1
-    return 0
+        problems.append(f"{type(exc).__name__}: {exc}")
+    return finish(root, args.keep, problems)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ Used by ``bench/serving.py``, ``bench/load.py``, ``bench/state_backends.py`` and
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -402,3 +404,57 @@ async def open_balanced(
         else:
             raise RuntimeError(f"{server.kind}: could not place a connection on a worker")
     return clients, list(held.values())
+
+
+# -- what every side-by-side bench script shares --------------------------------------------
+
+
+def add_load_args(
+    p: argparse.ArgumentParser, *, rounds: int, rounds_help: str, duration: float = 8.0
+) -> None:
+    """The load options of every side-by-side bench; ``check_load_args`` checks them."""
+    p.add_argument("--rounds", type=int, default=rounds, help=rounds_help)
+    p.add_argument("--duration", type=float, default=duration, help="measured seconds per config")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
+    p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of each server")
+    p.add_argument("--batches", default="1,64", help="rows per request, comma separated")
+    p.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
+    p.add_argument("--json", type=Path, help="write every figure to this JSON file")
+
+
+def check_load_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse bad load options (``p.error``); set ``args.batch_sizes`` from ``--batches``."""
+    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
+        p.error("--duration > 0, --warmup >= 0, --concurrency >= 1 and --rounds >= 1")
+    try:
+        args.batch_sizes = [int(b) for b in args.batches.split(",") if b.strip()]
+    except ValueError:
+        p.error("--batches must be comma-separated integers")
+    if not args.batch_sizes or min(args.batch_sizes) < 1:
+        p.error("--batches must hold positive integers")
+
+
+def machine() -> dict[str, object]:
+    """The machine a run's figures come from, for its JSON."""
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_average": os.getloadavg(),
+    }
+
+
+def finish(root: Path, keep: bool, problems: Sequence[str]) -> int:
+    """Remove the run's temporary ``root`` (or say where it is kept), then report the
+    ``problems``; the script's exit code."""
+    if keep:
+        print(f"kept {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    if problems:
+        print(f"\nFAILED ({len(problems)} problem(s)):", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return 0

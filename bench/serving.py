@@ -59,7 +59,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import secrets
 import shutil
 import signal
@@ -80,7 +79,11 @@ try:  # imported as bench.serving (bench/load.py under the tests) or run as a sc
         BENCH_MODELS,
         MODEL,
         Server,
+        add_load_args,
+        check_load_args,
+        finish,
         live_version,
+        machine,
         make_server,
         metric_samples,
         newest_version,
@@ -94,7 +97,11 @@ except ImportError:  # pragma: no cover - script
         BENCH_MODELS,
         MODEL,
         Server,
+        add_load_args,
+        check_load_args,
+        finish,
         live_version,
+        machine,
         make_server,
         metric_samples,
         newest_version,
@@ -919,12 +926,7 @@ Notes:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=8.0, help="measured seconds per config")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    p.add_argument("--rounds", type=int, default=4, help="bare/argus alternations")
-    p.add_argument("--workers", type=int, default=2, help="worker processes of each server")
-    p.add_argument("--batches", default="1,64", help="rows per request, comma separated")
+    add_load_args(p, rounds=4, rounds_help="bare/argus alternations")
     p.add_argument("--scrape-interval", type=float, default=2.0, help="0 disables scraping")
     p.add_argument(
         "--servers",
@@ -949,8 +951,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--model-home", type=Path, help="a BENTOML_HOME holding the model (say argus-digits)"
     )
-    p.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
-    p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     p.add_argument(
         "--bare-response",
         choices=("raw", "dict"),
@@ -971,12 +971,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --shadow: the share of answered rows the shadow predicts",
     )
     args = p.parse_args(argv)
-    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
-        p.error("--duration > 0, --warmup >= 0, --concurrency >= 1 and --rounds >= 1")
-    try:
-        args.batch_sizes = [int(b) for b in args.batches.split(",") if b.strip()]
-    except ValueError:
-        p.error("--batches must be comma-separated integers")
+    check_load_args(p, args)
     if args.shadow:
         if args.servers is not None or args.baseline not in (None, "live"):
             p.error("--shadow runs its own servers: no --servers or --baseline")
@@ -997,8 +992,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.baseline = "bare" if "bare" in args.server_kinds else args.server_kinds[0]
     if args.baseline not in args.server_kinds:
         p.error("--baseline must be one of --servers")
-    if not args.batch_sizes or min(args.batch_sizes) < 1:
-        p.error("--batches must hold positive integers")
     args.door_list = [d.strip() for d in args.doors.split(",") if d.strip()]
     if len(set(args.door_list)) < len(args.door_list) or not set(args.door_list) <= set(DOORS):
         p.error(f"--doors takes distinct doors of {', '.join(DOORS)}")
@@ -1180,11 +1173,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             payload = {
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "platform": platform.platform(),
-                },
+                "machine": machine(),
                 "model": f"{name}:{version}",
                 "runs": [{**asdict(r), "rss_mb": r.rss_mb} for r in runs],
                 **summary,
@@ -1197,16 +1186,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if current is not None:
             current.stop()
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if problems:
-        print(f"\nFAILED ({len(problems)} problem(s)):", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    return 0
+    return finish(root, args.keep, problems)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from bench/
     sys.path.insert(0, str(REPO))
 
-from bench.servers import MODEL, Server, make_server, newest_version, train  # noqa: E402
+from bench.servers import (  # noqa: E402
+    MODEL,
+    Server,
+    add_load_args,
+    check_load_args,
+    finish,
+    make_server,
+    newest_version,
+    train,
+)
 from bench.serving import RunResult, make_bodies, run_load  # noqa: E402
 from bench.window_figures import wide_digits  # noqa: E402
 
@@ -450,33 +459,19 @@ async def page_loads(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=("predict", "page"), help="one of the two measurements")
-    p.add_argument("--duration", type=float, default=8.0, help="measured seconds per config")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each")
-    p.add_argument("--concurrency", type=int, default=16, help="requests in flight")
-    p.add_argument("--rounds", type=int, default=4, help="quiet/console alternations")
-    p.add_argument("--workers", type=int, default=2, help="worker processes of each server")
-    p.add_argument("--batches", default="1,64", help="rows per request, comma separated")
+    add_load_args(p, rounds=4, rounds_help="quiet/console alternations")
     p.add_argument("--scrape-interval", type=float, default=2.0, help="0 disables scraping")
     p.add_argument("--history-seconds", type=float, default=10.0, help="console's cadence")
     p.add_argument("--page-interval", type=float, default=3.0, help="the page's refresh pause")
     p.add_argument("--repeat", type=int, default=15, help="page loads timed")
     p.add_argument("--rows", type=int, default=1000, help="page: rows predicted and labelled")
     p.add_argument("--model-home", type=Path, help="a BENTOML_HOME holding argus-digits")
-    p.add_argument("--keep", action="store_true", help="keep the temporary homes and logs")
-    p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = p.parse_args(argv)
-    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.rounds < 1:
-        p.error("--duration > 0, --warmup >= 0, --concurrency >= 1 and --rounds >= 1")
+    check_load_args(p, args)
     if args.history_seconds <= 0 or args.page_interval <= 0 or args.repeat < 1:
         p.error("--history-seconds > 0, --page-interval > 0 and --repeat >= 1")
     if args.rows < 100 or args.rows % 100:
         p.error("--rows is a multiple of 100 (requests of 100 rows)")
-    try:
-        args.batch_sizes = [int(b) for b in args.batches.split(",") if b.strip()]
-    except ValueError:
-        p.error("--batches must be comma-separated integers")
-    if not args.batch_sizes or min(args.batch_sizes) < 1:
-        p.error("--batches must hold positive integers")
     return args
 
 
@@ -499,17 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {args.json}")
     except Exception as exc:
         problems.append(f"{type(exc).__name__}: {exc}")
-    finally:
-        if args.keep:
-            print(f"kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    if problems:
-        print(f"\nFAILED ({len(problems)} problem(s)):", file=sys.stderr)
-        for problem in problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
-    return 0
+    return finish(root, args.keep, problems)
 
 
 if __name__ == "__main__":
