@@ -70,9 +70,10 @@ def logged_rows(home: Path, model: str, version: str) -> int:
         state.close()
 
 
-def logged_ids(home: Path, ids: list[str]) -> set[str]:
-    """Which of ``ids`` are in the prediction log."""
-    state = open_state(None, home)
+def logged_ids(home: Path, ids: list[str], url: str | None = None) -> set[str]:
+    """Which of ``ids`` are in the prediction log (of the state at ``url``, else ``home``'s
+    SQLite); the reader spills nothing of its own."""
+    state = open_state(url, home, spill=False)
     try:
         found: set[str] = set()
         for start in range(0, len(ids), 500):

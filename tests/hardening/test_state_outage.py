@@ -32,8 +32,7 @@ import pytest
 import redis
 
 from models.store import StoredVersion
-from state.opener import open_state
-from tests.hardening.support import metrics, rows, samples, start_server, value
+from tests.hardening.support import logged_ids, metrics, rows, samples, start_server, value
 from tests.harness import ArgusServer
 from tests.redis_server import (
     RedisServer,
@@ -148,17 +147,6 @@ def settled(server: ArgusServer) -> Callable[[], bool]:
     return check
 
 
-def in_log(url: str, home: Path, ids: list[str]) -> set[str]:
-    state = open_state(url, home, spill=False)
-    try:
-        found: set[str] = set()
-        for start in range(0, len(ids), 500):
-            found.update(state.lookup(ids[start : start + 500]))
-        return found
-    finally:
-        state.close()
-
-
 def join_labels(server: ArgusServer, ids: list[str]) -> dict[str, int]:
     """Send a label for every id (to whichever worker answers); the summed outcome."""
     total = {"accepted": 0, "unknown": 0, "duplicate": 0}
@@ -223,7 +211,7 @@ def test_redis_killed_for_10s_under_load_loses_no_answered_row(
                 time.sleep(2)  # more answers after the replay, straight to Redis again
             counters = row_counters(server)
             answered = list(load.answered)
-            logged = in_log(url, tmp_path / "reader", answered)
+            logged = logged_ids(tmp_path / "reader", answered, url)
             lost = len(answered) - len(logged)
             labels = join_labels(server, answered)
             with server.client() as c:
@@ -326,7 +314,7 @@ def test_sentinel_failover_under_load_fails_no_request_and_loses_no_row(
             wait_for("the spill replayed", settled(server), 60)
             counters = row_counters(server)
             answered = list(load.answered)
-            logged = in_log(url, tmp_path / "reader", answered)
+            logged = logged_ids(tmp_path / "reader", answered, url)
             lost = len(answered) - len(logged)
     finally:
         for s in sentinels:
@@ -399,7 +387,7 @@ def test_sqlite_read_only_then_writable_loses_no_row(
         recovery = wait_for("the journal ingested", settled(server), 60)
         counters = row_counters(server)
         answered = list(load.answered)
-        logged = in_log(None, home, answered)  # type: ignore[arg-type]
+        logged = logged_ids(home, answered)
     finally:
         _immutable(files, False)
         server.stop()
